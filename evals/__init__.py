@@ -1,0 +1,1 @@
+"""Evaluation protocols for MEC backbones (linear probe, kNN, semi-supervised, transfer)."""

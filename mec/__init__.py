@@ -1,0 +1,1 @@
+"""Maximum Entropy Coding: the objective, the models and resumable pretraining."""

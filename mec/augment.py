@@ -1,0 +1,240 @@
+"""Image augmentations: two-view pretraining recipes and the evaluation transforms.
+
+All transforms take a PIL image (what `ImageFolder` and torchvision's CIFAR return) and produce a normalised
+float tensor of shape [3, size, size]. They are built from `torchvision.transforms` (v1) so that every recipe is
+a plain `Compose` whose parameters tests and users can inspect, and which pickles for DataLoader workers.
+
+Recipes:
+- "imagenet": the released MEC code's asymmetric MoCo v3 recipe (blur always on view 1, rarely on view 2;
+  solarize only on view 2).
+- "cifar": the SimSiam CIFAR recipe the paper's appendix B follows: no blur, symmetric views.
+- "digits": the offline rendered digits of `mec.digits`: crops and strong colour jitter, never a mirror flip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per-channel pixel mean and standard deviation of the 50,000 CIFAR-10 training images.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# The rendered digits have random colours everywhere, so their channel statistics sit near mid-grey;
+# mapping [0, 1] to [-1, 1] is all the normalisation they need.
+DIGITS_MEAN = (0.5, 0.5, 0.5)
+DIGITS_STD = (0.5, 0.5, 0.5)
+
+TWO_VIEW_RECIPES = ("imagenet", "cifar", "digits")
+EVAL_KINDS = ("imagenet", "cifar", "digits")
+
+# Sigma range of the Gaussian blur in BYOL / MoCo v3.
+BLUR_SIGMA = (0.1, 2.0)
+SOLARIZE_THRESHOLD = 128
+
+
+class TwoViewTransform:
+    """Apply two (possibly different) augmentation pipelines to one image and return both views.
+
+    A plain class rather than a closure so that it pickles into DataLoader worker processes.
+    """
+
+    def __init__(self, view1: Callable[[Any], Any], view2: Callable[[Any], Any]) -> None:
+        if not callable(view1) or not callable(view2):
+            raise TypeError(
+                f"TwoViewTransform needs two callables, got view1={type(view1).__name__}, "
+                f"view2={type(view2).__name__}"
+            )
+        self.view1 = view1
+        self.view2 = view2
+
+    def __call__(self, image: Any) -> tuple[Any, Any]:
+        return self.view1(image), self.view2(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(\nview1={self.view1!r},\nview2={self.view2!r})"
+
+
+def _check_size(size: int) -> None:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int (pixels), got {size!r}")
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def _check_crop_scale(crop_scale: Sequence[float]) -> tuple[float, float]:
+    if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+        raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {crop_scale!r}")
+    return float(crop_scale[0]), float(crop_scale[1])
+
+
+def blur_kernel_size(size: int) -> int:
+    """Odd Gaussian-blur kernel of about 10% of the image side (23 at 224 px), as in SimCLR/BYOL/MoCo v3."""
+    _check_size(size)
+    kernel = max(3, int(0.1 * size))
+    return kernel if kernel % 2 == 1 else kernel + 1
+
+
+def _moco_v3_view(size: int, *, blur_p: float, solarize_p: float) -> T.Compose:
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(blur_kernel_size(size), sigma=BLUR_SIGMA)], p=blur_p),
+            T.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=solarize_p),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def imagenet_two_view(size: int = 224) -> TwoViewTransform:
+    """The released MEC code's ImageNet recipe (MoCo v3's asymmetric views).
+
+    Both views: RandomResizedCrop(size, scale=(0.2, 1)), ColorJitter(0.4, 0.4, 0.2, 0.1) with p=0.8,
+    grayscale p=0.2, horizontal flip, ImageNet mean/std. Gaussian blur (sigma U(0.1, 2.0)) with p=1.0 on view 1
+    and p=0.1 on view 2; solarize (threshold 128) with p=0 on view 1 and p=0.2 on view 2. View 1 keeps a
+    solarize step with p=0 so that both pipelines have the same structure to inspect.
+    """
+    _check_size(size)
+    return TwoViewTransform(
+        _moco_v3_view(size, blur_p=1.0, solarize_p=0.0),
+        _moco_v3_view(size, blur_p=0.1, solarize_p=0.2),
+    )
+
+
+def cifar_two_view(
+    size: int = 32,
+    *,
+    crop_scale: Sequence[float] = (0.2, 1.0),
+    mean: Sequence[float] = CIFAR_MEAN,
+    std: Sequence[float] = CIFAR_STD,
+) -> TwoViewTransform:
+    """The SimSiam CIFAR recipe that the paper's CIFAR-10 study (appendix B) follows.
+
+    RandomResizedCrop(size, scale=crop_scale), ColorJitter(0.4, 0.4, 0.4, 0.1) with p=0.8, grayscale p=0.2,
+    horizontal flip. No blur (appendix B: "we do not use blur augmentation") and no solarize, which SimSiam's
+    CIFAR recipe does not use either, so the two views are drawn from one symmetric pipeline. The jitter
+    saturation is SimSiam's 0.4, not MoCo v3's 0.2. Pass CIFAR-100's own mean/std when training on it.
+    """
+    _check_size(size)
+    low, high = _check_crop_scale(crop_scale)
+    view = T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(low, high)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(tuple(mean), tuple(std)),
+        ]
+    )
+    return TwoViewTransform(view, view)
+
+
+def digits_two_view(
+    size: int = 32,
+    *,
+    crop_scale: Sequence[float] = (0.3, 1.0),
+    brightness: float = 0.8,
+    contrast: float = 0.8,
+    saturation: float = 0.8,
+    hue: float = 0.2,
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+) -> TwoViewTransform:
+    """Two symmetric views for the rendered digits of `mec.digits`.
+
+    The renderer varies position, scale, colours and background texture, so the views use crops (position and
+    scale) and SimCLR's strong colour jitter plus grayscale (colours). There is no horizontal flip: a mirrored
+    2, 3, 5, 7 or 9 is not the same digit.
+    """
+    _check_size(size)
+    low, high = _check_crop_scale(crop_scale)
+    for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        if value < 0:
+            raise ValueError(f"{name} jitter strength must be >= 0, got {value!r}")
+    if not 0.0 <= hue <= 0.5:
+        raise ValueError(f"hue jitter must be in [0, 0.5], got {hue!r}")
+    _check_probability("jitter_p", jitter_p)
+    _check_probability("grayscale_p", grayscale_p)
+    view = T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(low, high)),
+            T.RandomApply([T.ColorJitter(brightness, contrast, saturation, hue)], p=jitter_p),
+            T.RandomGrayscale(p=grayscale_p),
+            T.ToTensor(),
+            T.Normalize(DIGITS_MEAN, DIGITS_STD),
+        ]
+    )
+    return TwoViewTransform(view, view)
+
+
+def build_two_view(name: str, size: int, **overrides: Any) -> TwoViewTransform:
+    """The two-view recipe called `name` ("imagenet", "cifar" or "digits") at `size` pixels.
+
+    `overrides` go to the recipe's keyword arguments (see `cifar_two_view`, `digits_two_view`; the ImageNet
+    recipe is fixed by the released code and takes none).
+    """
+    builders: dict[str, Callable[..., TwoViewTransform]] = {
+        "imagenet": imagenet_two_view,
+        "cifar": cifar_two_view,
+        "digits": digits_two_view,
+    }
+    if name not in builders:
+        raise ValueError(f"unknown augmentation recipe {name!r}; expected one of {list(TWO_VIEW_RECIPES)}")
+    return builders[name](size, **overrides)
+
+
+def _check_eval_kind(kind: str) -> None:
+    if kind not in EVAL_KINDS:
+        raise ValueError(f"unknown evaluation transform kind {kind!r}; expected one of {list(EVAL_KINDS)}")
+
+
+def _normalize(kind: str) -> T.Normalize:
+    mean, std = {
+        "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+        "cifar": (CIFAR_MEAN, CIFAR_STD),
+        "digits": (DIGITS_MEAN, DIGITS_STD),
+    }[kind]
+    return T.Normalize(mean, std)
+
+
+def eval_transform(kind: str, size: int) -> T.Compose:
+    """Deterministic transform for feature extraction (kNN, probe validation).
+
+    "imagenet": Resize(size * 256/224) then CenterCrop(size) (Resize(256) + CenterCrop(224) at 224).
+    "cifar" / "digits": ToTensor + Normalize only; these sets are stored at their training resolution, so
+    `size` must equal the stored image side and nothing is resized.
+    """
+    _check_eval_kind(kind)
+    _check_size(size)
+    if kind == "imagenet":
+        resize = int(round(size * 256 / 224))
+        return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), _normalize(kind)])
+    return T.Compose([T.ToTensor(), _normalize(kind)])
+
+
+def probe_train_transform(kind: str, size: int) -> T.Compose:
+    """Training transform of supervised probes (linear probe, fine-tuning).
+
+    "imagenet": RandomResizedCrop(size) + horizontal flip (the released linear-probe recipe).
+    "cifar": RandomCrop(size, padding=4) + horizontal flip. "digits": RandomCrop(size, padding=4), no flip.
+    """
+    _check_eval_kind(kind)
+    _check_size(size)
+    if kind == "imagenet":
+        geometric = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+    elif kind == "cifar":
+        geometric = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
+    else:
+        geometric = [T.RandomCrop(size, padding=4)]
+    return T.Compose([*geometric, T.ToTensor(), _normalize(kind)])

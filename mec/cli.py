@@ -1,0 +1,54 @@
+"""The ``mec`` command: ``mec pretrain --config FILE [section.key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mec.config import ConfigError, load_config, resolve_config_path
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from mec.train import pretrain  # imports torch: keep `mec --help` fast
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        for key, value in cfg.flat().items():
+            print(f"{key}={value}")
+        return 0
+    result = pretrain(cfg, config_file=resolve_config_path(args.config))
+    if result.run_id:
+        print(f"run {result.run_id}: backbone {result.backbone_path}")
+        for key, value in sorted(result.metrics.items()):
+            print(f"  {key} = {value:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mec", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    pre = commands.add_parser("pretrain", help="pretrain (or resume) an MEC model")
+    pre.add_argument("--config", required=True, help="YAML file, or a shipped config name (digits, cifar10, ...)")
+    pre.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    pre.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    pre.set_defaults(run=_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.run(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"mec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

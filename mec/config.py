@@ -1,0 +1,236 @@
+"""Typed pretraining configuration: YAML files plus ``key=value`` overrides.
+
+Every hyper-parameter of a run lives here, with the source it comes from (paper appendix, or the authors'
+released code as recorded in ``shared/paper/reference.md``). A config file names only what differs from
+these defaults. Unknown keys and bad values stop with one message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key must stop the run, not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DigitsRender(_Section):
+    """How the offline digits are rendered (see ``mec.digits``); only used when ``data.name == digits``."""
+
+    size: int = Field(32, ge=8)
+    variants_train: int = Field(4, ge=1)
+    variants_val: int = Field(2, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    # Remaining renderer knobs (texture_strength, scale_range, max_rotation_deg, ...) pass through unchanged;
+    # the renderer validates them.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(_Section):
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder", "places365"] = "digits"
+    root: str = "data/digits"
+    download: bool = False  # CIFAR only; compute nodes are usually offline
+    augment: Literal["imagenet", "cifar", "digits"] = "digits"
+    image_size: int = Field(32, ge=8)
+    num_workers: int = Field(2, ge=0)
+    digits: DigitsRender = DigitsRender()
+    # Keyword overrides of the augmentation recipe (e.g. crop_scale for digits); empty = the recipe as published.
+    augment_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Section):
+    arch: Literal["resnet18", "resnet50"] = "resnet50"
+    width: int = Field(64, ge=4)  # 64 = torchvision's widths; smaller makes CPU runs affordable
+    cifar_stem: bool = False  # appendix B: 3x3 first conv, no max-pool
+    zero_init_residual: bool = True  # released code
+    projector: Literal["released", "cifar"] = "released"  # 3-layer (reference.md §2) / 2-layer (appendix B)
+    projector_hidden: int = Field(2048, ge=1)
+    embedding_dim: int = Field(2048, ge=1)  # d in the paper
+    predictor_hidden: int = Field(512, ge=1)  # appendix C
+    use_teacher: bool = True  # EMA teacher of backbone + projector (appendix C)
+    teacher_momentum: float = Field(0.996, ge=0, le=1)  # cosine schedule to 1 (appendix C)
+    sync_batchnorm: bool = True  # released code: SyncBN over the whole model under DDP
+
+
+class LossConfig(_Section):
+    # Paper's distortion epsilon: lambda = d / (m eps^2). Released code: --eps 64 is eps^2, so eps = 8.
+    eps: float = Field(8.0, gt=0)
+    order: int | None = Field(4, ge=1)  # Taylor order; null = exact log-determinant
+    side: Literal["auto", "batch", "feature"] = "auto"
+    parametrisation: Literal["released", "paper"] = "released"
+    # Released code: 1/lambda starts at 8x and falls linearly to 1x over the first 10 epochs.
+    lambda_warmup_epochs: float = Field(10, ge=0)
+    lambda_warmup_factor: float = Field(8.0, ge=1)
+    # Appendix E: ||C||_2 <= lambda * m. "error" refuses configs that violate it; the released setting does
+    # (lambda * m = 32) and converges in practice, hence "warn" by default.
+    convergence_check: Literal["warn", "error", "off"] = "warn"
+    spectral_norm_every: int = Field(50, ge=0)  # steps between logged ||C||_2 estimates; 0 = never
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "lars"] = "sgd"
+    batch_size: int = Field(1024, ge=2)  # global batch m, summed over all ranks
+    base_lr: float = Field(0.5, gt=0)  # lr = base_lr * batch_size / 256 (appendix C)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    epochs: int = Field(100, ge=1)
+    warmup_epochs: float = Field(10, ge=0)
+    lars_trust_coefficient: float = Field(0.001, gt=0)
+    # LARS recipes exclude biases and BN parameters from weight decay and adaptation.
+    exclude_bias_and_norm: bool = True
+
+    @model_validator(mode="after")
+    def _warmup_within_run(self) -> OptimConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must not exceed epochs ({self.epochs})")
+        return self
+
+
+class MonitorConfig(_Section):
+    """Frozen-feature quality at the end of pretraining, against a randomly initialised backbone."""
+
+    enabled: bool = True
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    few_shot: int = Field(5, ge=1)  # labelled images per class for the few-shot linear classifier
+    few_shot_draws: int = Field(5, ge=1)  # averaged over this many random draws of the labelled set
+    full_linear: bool = True
+
+
+class TrainConfig(_Section):
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    output_dir: str = "results/runs/default"
+    checkpoint_keep: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    # Testing hook: stop (as if killed) after this many optimiser steps in this process; 0 = never.
+    stop_after_steps: int = Field(0, ge=0)
+
+
+class TrackingConfig(_Section):
+    experiment: str = "mec"
+    run_name: str | None = None
+    # None: MLFLOW_TRACKING_URI if set, else a SQLite file under results/.
+    tracking_uri: str | None = None
+    log_backbone: bool = True
+
+
+class Config(_Section):
+    name: str = "mec"
+    source: str | None = None  # where the recipe comes from (paper section / released code)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def lr(self) -> float:
+        """Peak learning rate: linear scaling rule (Goyal et al.), as in appendix C."""
+        return self.optim.base_lr * self.optim.batch_size / 256
+
+    def flat(self) -> dict[str, Any]:
+        """``{"loss.eps": 8.0, ...}``: the form logged to MLflow and accepted by overrides."""
+        return _flatten(self.model_dump())
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in ("options", "augment_options"):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A file path, or the name of a shipped config (``digits`` -> ``mec/configs/digits.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {str(name_or_path)!r} not found; give a path or one of: {available}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"loss.eps=0.5"`` -> (["loss", "eps"], 0.5); the value is read as YAML (numbers, null, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value (e.g. loss.eps=8)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def build_config(tree: dict[str, Any], origin: str = "config") -> Config:
+    """Validate a nested dict into a :class:`Config`; the first problem becomes one clear message."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-after"))
+    if err["type"] == "extra_forbidden":
+        section_path = err["loc"][:-1]
+        model: type[BaseModel] = Config
+        for part in section_path:
+            model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
+        allowed = ", ".join(model.model_fields)
+        where = ".".join(str(p) for p in section_path) or "top level"
+        return f"{origin}: unknown key {loc!r} (allowed at {where}: {allowed})"
+    got = err.get("input")
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return f"{origin}: bad value for {loc or 'config'!r}: {err['msg']}; got {got!r}{more}"
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (path or shipped name), apply ``key=value`` overrides and validate."""
+    path = resolve_config_path(name_or_path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
+    tree = apply_overrides(tree, list(overrides or []))
+    return build_config(tree, origin=str(path))

@@ -1,0 +1,188 @@
+"""MLflow run records: where the store is, one experiment per campaign, and a run logger that loses nothing.
+
+Every metric goes first to a local journal (``metrics.jsonl`` beside the checkpoints) and then to MLflow in
+batches. A failed send (tracking server down, SQLite locked) keeps the batch and retries at the next flush,
+so a job keeps training while the store is away. On resume, steps MLflow already holds are not sent again:
+a run killed mid-epoch redoes those steps, and its history must not show them twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE_DIR = Path("results")
+MAX_PARAM_LENGTH = 6000  # MLflow 3 limit on a parameter value
+
+
+def resolve_tracking_uri(configured: str | None = None, store_dir: Path = DEFAULT_STORE_DIR) -> str:
+    """The config's URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:////<abs>/results/mlflow.db``."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    store_dir = store_dir.resolve()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    # An absolute path after "sqlite:///" gives the four slashes SQLAlchemy needs.
+    return f"sqlite:///{store_dir / 'mlflow.db'}"
+
+
+def default_artifact_location(tracking_uri: str, experiment: str, store_dir: Path = DEFAULT_STORE_DIR) -> str | None:
+    """Artifacts beside a local SQLite store; a tracking server decides for itself (None)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    return (store_dir.resolve() / "artifacts" / experiment).as_uri()
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """Experiment id for ``name``, created if missing; safe when several jobs race to create it."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def git_commit(path: Path = Path(__file__).resolve().parent) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def environment_tags(world_size: int, device: str) -> dict[str, str]:
+    import torch
+
+    tags = {
+        "env.git_commit": git_commit(),
+        "env.torch": torch.__version__,
+        "env.python": platform.python_version(),
+        "env.host": socket.gethostname(),
+        "env.world_size": str(world_size),
+        "env.device": device,
+    }
+    if torch.cuda.is_available():
+        tags["env.cuda"] = str(torch.version.cuda)
+        tags["env.gpu"] = torch.cuda.get_device_name(0)
+    for var in ("SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_ARRAY_TASK_ID"):
+        if var in os.environ:
+            tags[f"env.{var.lower()}"] = os.environ[var]
+    return tags
+
+
+class RunLogger:
+    """One MLflow run of one rank-0 process; see the module docstring for the delivery guarantees."""
+
+    def __init__(self, client: MlflowClient, run_id: str, journal: Path, flush_every_s: float = 15.0):
+        self.client = client
+        self.run_id = run_id
+        self.journal = journal
+        self.flush_every_s = flush_every_s
+        self._pending: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._logged_upto: dict[str, int] = {}
+        self._warned = False
+        journal.parent.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        experiment: str,
+        run_name: str | None,
+        journal: Path,
+        resume_run_id: str | None = None,
+        tracking_uri: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> RunLogger:
+        """Continue ``resume_run_id`` (the id stored in the checkpoint) or start a new run."""
+        uri = resolve_tracking_uri(tracking_uri)
+        client = MlflowClient(tracking_uri=uri)
+        if resume_run_id:
+            run = client.get_run(resume_run_id)  # raises if the store lost it: better than a silent new run
+            client.update_run(resume_run_id, status="RUNNING")
+            logger = cls(client, resume_run_id, journal)
+            for key in run.data.metrics:
+                history = client.get_metric_history(resume_run_id, key)
+                logger._logged_upto[key] = max((m.step for m in history), default=-1)
+            log.info("resuming MLflow run %s (%s)", resume_run_id, run.info.run_name)
+        else:
+            exp_id = ensure_experiment(client, experiment, default_artifact_location(uri, experiment))
+            run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+            logger = cls(client, run.info.run_id, journal)
+            log.info("MLflow run %s in experiment %r at %s", run.info.run_id, experiment, uri)
+        return logger
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Parameters once per run; a resumed run skips the ones already there (MLflow forbids changes)."""
+        existing = self.client.get_run(self.run_id).data.params
+        batch = [
+            Param(key, str(value)[:MAX_PARAM_LENGTH])
+            for key, value in params.items()
+            if key not in existing
+        ]
+        for start in range(0, len(batch), 100):  # log_batch accepts at most 100 params per call
+            self.client.log_batch(self.run_id, params=batch[start : start + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        fresh = {k: float(v) for k, v in metrics.items() if step > self._logged_upto.get(k, -1)}
+        if not fresh:
+            return
+        with self.journal.open("a") as fh:
+            for key, value in fresh.items():
+                fh.write(json.dumps({"key": key, "value": value, "step": step, "timestamp": now}) + "\n")
+        self._pending.extend(Metric(key, value, now, step) for key, value in fresh.items())
+        for key in fresh:
+            self._logged_upto[key] = step
+        if time.monotonic() - self._last_flush > self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Send pending metrics; False (and keep them) if the store cannot be reached."""
+        self._last_flush = time.monotonic()
+        while self._pending:
+            batch = self._pending[:1000]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch)
+            except Exception as exc:  # any transport/store error: keep training, retry later
+                if not self._warned:
+                    log.warning("MLflow unreachable (%s); metrics kept in %s and retried", exc, self.journal)
+                    self._warned = True
+                return False
+            del self._pending[: len(batch)]
+        self._warned = False
+        return True
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def close(self, status: str = "FINISHED") -> None:
+        delivered = self.flush()
+        if not delivered:
+            log.error("%d metrics could not reach MLflow; they are in %s", len(self._pending), self.journal)
+        self.client.set_terminated(self.run_id, status=status)

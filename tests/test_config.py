@@ -1,0 +1,68 @@
+"""Config files, overrides and the messages for bad input."""
+
+from pathlib import Path
+
+import pytest
+
+from mec.config import CONFIG_DIR, ConfigError, load_config
+
+SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def test_every_shipped_config_loads():
+    assert {"digits", "cifar10", "imagenet-100ep", "imagenet-800ep"} <= set(SHIPPED)
+    for name in SHIPPED:
+        cfg = load_config(name)
+        assert cfg.name == name
+
+
+def test_released_recipe_values():
+    cfg = load_config("imagenet-100ep")
+    assert cfg.lr == pytest.approx(2.0)  # 0.5 x 1024 / 256
+    assert cfg.loss.eps**2 == pytest.approx(64)  # the released code's --eps 64
+    assert (cfg.loss.order, cfg.loss.lambda_warmup_factor, cfg.loss.lambda_warmup_epochs) == (4, 8, 10)
+    lars = load_config("imagenet-800ep")
+    assert (lars.optim.name, lars.optim.batch_size, lars.optim.base_lr) == ("lars", 4096, 0.3)
+    assert lars.loss.eps**2 / lars.model.embedding_dim == pytest.approx(0.06, rel=1e-3)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("digits", ["loss.eps=0.5", "loss.order=null", "optim.epochs=3", "data.augment_options.crop_scale=[0.5, 1.0]"])
+    assert cfg.loss.eps == 0.5 and cfg.loss.order is None and cfg.optim.epochs == 3
+    assert cfg.data.augment_options["crop_scale"] == [0.5, 1.0]
+    assert cfg.flat()["loss.eps"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("loss.epz=1", "unknown key 'loss.epz' (allowed at loss: eps, order"),
+        ("optim.name=adam", "bad value for 'optim.name': Input should be 'sgd' or 'lars'; got 'adam'"),
+        ("loss.eps=-1", "bad value for 'loss.eps'"),
+        ("loss.side=diagonal", "'auto', 'batch' or 'feature'"),
+        ("optim.batch_size=many", "bad value for 'optim.batch_size'"),
+        ("nonsense", "not of the form section.key=value"),
+        ("loss.eps.inner=3", "'eps' is a value, not a section"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config("digits", [override])
+    assert expected in str(info.value)
+
+
+def test_bad_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found; give a path or one of: .*digits"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    flat = tmp_path / "list.yaml"
+    flat.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(flat)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("optim:\n  epochs: 2\n  warmup_epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"wrong.yaml: .*warmup_epochs \(5.0\) must not exceed epochs \(2\)"):
+        load_config(wrong)

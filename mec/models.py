@@ -6,7 +6,6 @@ missing, which is what the linear probe, detection and tracking evaluations expe
 """
 
 import copy
-import math
 from typing import NamedTuple
 
 import torch
@@ -221,16 +220,6 @@ class MECModel(nn.Module):
     def student_backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The student backbone's weights with torchvision's key names, copied to the CPU for export."""
         return {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.backbone.state_dict().items()}
-
-
-def teacher_momentum(step: int, total_steps: int, base: float = 0.996) -> float:
-    """Cosine teacher-momentum schedule, from ``base`` at step 0 to 1 at ``total_steps`` (per iteration)."""
-    _check_positive_int("total_steps", total_steps)
-    if not 0 <= step <= total_steps:
-        raise ValueError(f"step must be in [0, total_steps={total_steps}], got {step!r}")
-    if not 0.0 <= base <= 1.0:
-        raise ValueError(f"base must be in [0, 1], got {base!r}")
-    return 1.0 - (1.0 - base) * (1.0 - math.cos(math.pi * step / total_steps)) / 2.0
 
 
 def convert_sync_batchnorm(model: nn.Module, device: torch.device | str | None = None) -> nn.Module:

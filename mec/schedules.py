@@ -31,7 +31,11 @@ def lambda_warmup_scale(step: int, warmup_steps: int, factor: float) -> float:
 
 
 def teacher_momentum(step: int, total_steps: int, base: float = 0.996) -> float:
-    """EMA momentum rising from ``base`` to 1 on a cosine (BYOL; appendix C)."""
+    """EMA momentum rising from ``base`` at step 0 to 1 at ``total_steps`` on a cosine (BYOL; appendix C)."""
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
-    return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)) / 2.0
+    if not 0 <= step <= total_steps:
+        raise ValueError(f"step must be in [0, total_steps={total_steps}], got {step!r}")
+    if not 0.0 <= base <= 1.0:
+        raise ValueError(f"base must be in [0, 1], got {base!r}")
+    return 1.0 - (1.0 - base) * (1.0 + math.cos(math.pi * step / total_steps)) / 2.0

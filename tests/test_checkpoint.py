@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, crash safety, resumption past corrupt files, weights_only safety, backbone loading."""
+"""Checkpoints: round trip, crash safety, resuming past bad files, weights_only safety, backbone loading."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_restore_rng_state_rejects_incomplete_state() -> None:
 # ------------------------------------------------------------------------------------- crash safety
 
 
-def test_crash_during_save_keeps_previous_checkpoint_and_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+def test_crash_during_save_keeps_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch) -> None:
     path = checkpoint_path(tmp_path, 1)
     save_checkpoint(path, _minimal_state(1))
     previous_bytes = path.read_bytes()
@@ -325,9 +325,8 @@ def _assert_loaded(model: nn.Module, backbone: dict[str, torch.Tensor]) -> None:
 
 
 def test_exported_backbone_loads_into_fresh_resnet18(tmp_path, trained_backbone) -> None:
-    path = export_backbone(
-        trained_backbone, tmp_path / "backbone.pt", {"arch": "resnet18", "feature_dim": 512, "mlflow_run_id": "r1"}
-    )
+    metadata = {"arch": "resnet18", "feature_dim": 512, "mlflow_run_id": "r1"}
+    path = export_backbone(trained_backbone, tmp_path / "backbone.pt", metadata)
     fresh = torchvision.models.resnet18(weights=None)
     summary = load_backbone(fresh, path, ignore=("fc.",))
 
@@ -345,7 +344,9 @@ def test_exported_backbone_loads_into_fresh_resnet18(tmp_path, trained_backbone)
 
 
 def test_backbone_missing_a_layer_fails_with_file_name_and_counts(tmp_path, trained_backbone) -> None:
-    without_layer4 = {name: tensor for name, tensor in trained_backbone.items() if not name.startswith("layer4.")}
+    without_layer4 = {
+        name: tensor for name, tensor in trained_backbone.items() if not name.startswith("layer4.")
+    }
     dropped = len(trained_backbone) - len(without_layer4)
     assert dropped > 0
     path = export_backbone(without_layer4, tmp_path / "partial.pt", {"arch": "resnet18"})
@@ -362,7 +363,8 @@ def test_backbone_missing_a_layer_fails_with_file_name_and_counts(tmp_path, trai
 def test_backbone_shape_mismatch_fails(tmp_path, trained_backbone) -> None:
     wrong_stem = dict(trained_backbone, **{"conv1.weight": torch.zeros(64, 3, 3, 3)})
     path = export_backbone(wrong_stem, tmp_path / "cifar_stem.pt", {"arch": "resnet18", "cifar_stem": True})
-    with pytest.raises(ValueError, match=r"cifar_stem\.pt.*conv1\.weight \(file \(64, 3, 3, 3\), model \(64, 3, 7, 7\)\)"):
+    expected = r"cifar_stem\.pt.*conv1\.weight \(file \(64, 3, 3, 3\), model \(64, 3, 7, 7\)\)"
+    with pytest.raises(ValueError, match=expected):
         load_backbone(torchvision.models.resnet18(weights=None), path, ignore=("fc.",))
 
 

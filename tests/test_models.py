@@ -14,8 +14,8 @@ from mec.models import (
     convert_sync_batchnorm,
     predictor,
     released_projector,
-    teacher_momentum,
 )
+from mec.schedules import teacher_momentum
 
 
 def _without_fc(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
@@ -72,8 +72,8 @@ def test_exported_state_dict_is_a_snapshot():
 def test_backbone_initialisation_follows_torchvision():
     torch.manual_seed(0)
     backbone = build_backbone("resnet50")
-    conv = backbone.layer3[0].conv2  # 256 -> 256, 3x3: kaiming normal with fan_out = 256 * 9
-    expected_std = math.sqrt(2.0 / (256 * 9))
+    conv = backbone.layer3[0].conv3  # 1x1, 256 -> 1024: kaiming normal with fan_out = 1024 (fan_in would be 256)
+    expected_std = math.sqrt(2.0 / 1024)
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.02)
     assert abs(conv.weight.mean().item()) < 0.1 * expected_std
     assert torch.equal(backbone.bn1.weight, torch.ones(64))
@@ -267,7 +267,7 @@ def test_teacher_momentum_schedule():
     assert teacher_momentum(25, 100, base=0.99) == pytest.approx(1 - 0.01 * (1 + math.sqrt(0.5)) / 2)
     with pytest.raises(ValueError, match="step must be in \\[0, total_steps=100\\], got 101"):
         teacher_momentum(101, 100)
-    with pytest.raises(ValueError, match="total_steps must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="total_steps must be positive, got 0"):
         teacher_momentum(0, 0)
 
 

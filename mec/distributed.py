@@ -73,7 +73,7 @@ class _GatherWithGrad(torch.autograd.Function):
         # Each rank back-propagated its own copy of the same loss; the gradient reaching this rank's rows
         # is the sum of what every copy sends to them.
         grad_gathered = grad_gathered.contiguous().clone()
-        pass
+        dist.all_reduce(grad_gathered, op=dist.ReduceOp.SUM)
         start = dist.get_rank() * ctx.rows
         return grad_gathered[start : start + ctx.rows]
 

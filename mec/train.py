@@ -192,6 +192,8 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         ckpt.restore_rng_state(state["rng"])
+        if rank != 0:  # only rank 0's RNG state is saved; other ranks get their own stream back
+            seed_everything(epoch_seed(cfg.train.seed, int(state["epoch"]), rank))
         start_epoch, step, run_id = int(state["epoch"]), int(state["step"]), state.get(ckpt.RUN_ID_KEY)
         log.info("resuming from %s (epoch %d done, step %d)", path, start_epoch, step)
 

@@ -75,7 +75,7 @@ def taylor_trace(c: Tensor, order: int) -> Tensor:
     for k in range(2, order + 1):
         low = k // 2
         trace_of_power = (powers[low - 1] * powers[k - low - 1].transpose(0, 1)).sum()
-        series = series - trace_of_power / k if k % 2 == 1 else series - trace_of_power / k
+        series = series + trace_of_power / k if k % 2 == 1 else series - trace_of_power / k
     return series
 
 

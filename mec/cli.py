@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"mec: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:
+        print(f"mec: training diverged: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

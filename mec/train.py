@@ -27,7 +27,7 @@ from mec import distributed as dist_env
 from mec.augment import build_two_view, eval_transform
 from mec.config import Config, ConfigError
 from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
-from mec.loss import MaximumEntropyCodingLoss, check_finite, spectral_norm
+from mec.loss import MaximumEntropyCodingLoss, spectral_norm
 from mec.models import MECModel, build_backbone, cifar_projector, convert_sync_batchnorm, predictor, released_projector
 from mec.monitor import extract_features, feature_quality
 from mec.optim import build_optimizer
@@ -242,10 +242,12 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
                 scale = lambda_warmup_scale(step, lambda_warmup_steps, cfg.loss.lambda_warmup_factor)
                 with autocast:
                     p1, p2, z1, z2 = train_model(view1, view2)
-                # The series is evaluated in float32: bf16 powers of C lose the higher-order terms.
-                # Released pairing: teacher view 1 with student view 2, and the reverse.
-                out = loss_fn([(z1.float(), p2.float()), (z2.float(), p1.float())], lambda_scale=scale)
-                check_finite(out.loss, f"step {step} (epoch {epoch + 1})")
+                # Released pairing: teacher view 1 with student view 2, and the reverse. The loss leaves
+                # autocast and evaluates the series in float32 (bf16 powers of C lose the higher terms).
+                try:
+                    out = loss_fn([(z1, p2), (z2, p1)], lambda_scale=scale)
+                except FloatingPointError as exc:
+                    raise FloatingPointError(f"step {step} (epoch {epoch + 1}): {exc}") from None
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 optimizer.step()

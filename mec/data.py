@@ -152,9 +152,10 @@ def build_loader(
     last share with repeated images so all ranks see the same count: run exact evaluations on one rank.
 
     Augmentations run in the workers, seeded from `loader.generator` (seeded here with `seed` and the rank)
-    when a worker pool starts. With `num_workers > 0` the workers persist across epochs, so that seed is drawn
-    once per loader: reseeding the generator between epochs then changes nothing. With `num_workers == 0`
-    the transforms draw from the process' global torch RNG instead.
+    each time an epoch's iterator starts its workers. Workers do not persist across epochs, so a caller that
+    reseeds the generator per epoch (as pretraining does) gets the same augmentations after a resume as
+    without one; the cost is one worker start per epoch. With `num_workers == 0` the transforms draw from
+    the process' global torch RNG instead.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -179,7 +180,6 @@ def build_loader(
         drop_last=drop_last,
         num_workers=num_workers,
         generator=generator,
-        persistent_workers=num_workers > 0,
         # pin_memory only helps host-to-GPU copies, and warns when there is no GPU.
         pin_memory=torch.cuda.is_available(),
     )

@@ -54,12 +54,12 @@ class DigitStyle:
     noise_std: standard deviation of per-pixel Gaussian noise, in [0, 1] intensity units.
     """
 
-    texture_strength: float = 0.7
+    texture_strength: float = 0.5
     texture_cells: int = 5
     stripe_cycles: tuple[float, float] = (1.0, 4.0)
     scale_range: tuple[float, float] = (0.45, 0.8)
     max_rotation_deg: float = 15.0
-    min_colour_distance: float = 0.5
+    min_colour_distance: float = 0.7
     noise_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -286,7 +286,7 @@ def write_digit_folders(
     root: str | Path,
     *,
     size: int = 32,
-    variants_train: int = 6,
+    variants_train: int = 4,
     variants_val: int = 2,
     val_fraction: float = 0.2,
     seed: int = 0,
@@ -296,7 +296,7 @@ def write_digit_folders(
 
     Sources are split by `split_sources` so that val images are renderings of digits never seen in train; each
     source is rendered `variants_train` / `variants_val` times with different nuisances. `render_kwargs` are
-    `DigitStyle` fields. The defaults give 8,628 train and 718 val images.
+    `DigitStyle` fields. The defaults give 5,752 train and 718 val images.
 
     The tree is written to a temporary sibling directory and moved onto `root` only when complete, together
     with `root/manifest.json` (parameters, their hash, counts). A call whose parameters match the manifest does

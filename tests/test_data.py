@@ -1,0 +1,257 @@
+"""Data sets read from real on-disk formats written here, and the rendered offline digits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets.cifar
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from mec.augment import build_two_view, eval_transform
+from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
+from mec.digits import DigitStyle, paste_digit, render_digit_image, write_digit_folders
+
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def _write_pickle(path: Path, payload: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(payload, f)
+
+
+def _write_cifar10(root: Path, images_per_file: int = 3) -> dict[str, np.ndarray]:
+    """The python version's layout: pickled dicts with str keys, images as uint8 rows of R, G, B planes."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in CIFAR10_FILES:
+        data = rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8)
+        labels = [int(label) for label in rng.integers(0, 10, images_per_file)]
+        _write_pickle(folder / name, {"batch_label": name, "data": data, "labels": labels})
+        written[name] = data
+    _write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+    return written
+
+
+def _write_cifar100(root: Path, images_per_file: int = 3) -> None:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in ("train", "test"):
+        data = rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8)
+        fine = [int(label) for label in rng.integers(0, 100, images_per_file)]
+        _write_pickle(folder / name, {"data": data, "fine_labels": fine, "coarse_labels": [0] * images_per_file})
+    _write_pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": []})
+
+
+@pytest.fixture
+def accept_test_md5(monkeypatch):
+    """torchvision checks each CIFAR file against the official MD5; accept the files written by the test."""
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+
+
+def test_cifar10_python_batches_load_as_two_views(tmp_path, accept_test_md5):
+    written = _write_cifar10(tmp_path)
+    train = build_pretrain_dataset("cifar10", tmp_path, build_two_view("cifar", 32))
+    assert len(train) == 15
+    (view1, view2), label = train[0]
+    assert view1.shape == view2.shape == (3, 32, 32) and 0 <= label < 10
+    # Pixel layout per the CIFAR format: 1024 red, then green, then blue values, row-major.
+    val = build_eval_dataset("cifar10", tmp_path, np.asarray, "val")
+    image, _ = val[1]
+    assert np.array_equal(image, written["test_batch"][1].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_cifar100_uses_fine_labels(tmp_path, accept_test_md5):
+    _write_cifar100(tmp_path)
+    dataset = build_eval_dataset("cifar100", tmp_path, eval_transform("cifar", 32), "train")
+    image, label = dataset[2]
+    assert image.shape == (3, 32, 32) and 0 <= label < 100
+    assert len(dataset.classes) == 100
+
+
+def test_missing_cifar_folder_names_it_and_the_download_switch(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*data\.download=true"):
+        build_pretrain_dataset("cifar10", tmp_path, None)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        build_eval_dataset("cifar100", tmp_path, None, "val")
+
+
+def test_cifar_files_with_wrong_md5_are_reported_as_corrupted(tmp_path):
+    _write_cifar10(tmp_path)
+    with pytest.raises(RuntimeError, match="MD5"):
+        build_pretrain_dataset("cifar10", tmp_path, None)
+
+
+def _write_image_folder(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 3), ("val", 2)):
+        for class_name in ("cat", "dog"):
+            folder = root / split / class_name
+            folder.mkdir(parents=True)
+            for index in range(per_class):
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "places365"])
+def test_class_folders_load_for_both_splits(tmp_path, name):
+    _write_image_folder(tmp_path)
+    train = build_pretrain_dataset(name, tmp_path, build_two_view("imagenet", 32))
+    assert len(train) == 6 and train.classes == ["cat", "dog"]
+    (view1, view2), _ = train[5]
+    assert view1.shape == view2.shape == (3, 32, 32)
+    val = build_eval_dataset(name, tmp_path, eval_transform("imagenet", 32), "val")
+    assert len(val) == 4 and val[0][0].shape == (3, 32, 32)
+
+
+def test_missing_or_empty_image_folders_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "train")):
+        build_pretrain_dataset("imagefolder", tmp_path, None)
+    (tmp_path / "val").mkdir()
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "val")):
+        build_eval_dataset("imagefolder", tmp_path, None, "val")
+    (tmp_path / "val" / "cat").mkdir()
+    (tmp_path / "val" / "cat" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match="no usable images"):
+        build_eval_dataset("places365", tmp_path, None, "val")
+
+
+def test_unknown_data_set_or_split_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown data set 'mnist'.*'digits', 'cifar10'"):
+        build_pretrain_dataset("mnist", tmp_path, None)
+    with pytest.raises(ValueError, match="split must be one of"):
+        build_eval_dataset("imagefolder", tmp_path, None, "test")
+
+
+def test_loader_partitions_by_rank_and_reshuffles_by_epoch():
+    dataset = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = build_loader(dataset, 4, shuffle=True, drop_last=False, num_workers=0, seed=3, distributed=False)
+    assert loader.generator is not None and loader.pin_memory == torch.cuda.is_available()
+    loader.sampler.set_epoch(0)
+    first = torch.cat([batch for (batch,) in loader]).tolist()
+    loader.sampler.set_epoch(1)
+    second = torch.cat([batch for (batch,) in loader]).tolist()
+    assert sorted(first) == sorted(second) == list(range(10))
+    assert first != second
+    again = build_loader(dataset, 4, shuffle=True, drop_last=False, num_workers=0, seed=3, distributed=False)
+    again.sampler.set_epoch(1)
+    assert torch.cat([batch for (batch,) in again]).tolist() == second
+    dropped = build_loader(dataset, 4, shuffle=False, drop_last=True, num_workers=0, seed=0, distributed=False)
+    assert [batch.tolist() for (batch,) in dropped] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(ValueError, match="distributed=True"):
+        build_loader(dataset, 4, shuffle=False, drop_last=False, num_workers=0, seed=0, distributed=True)
+    with pytest.raises(ValueError, match="batch_size"):
+        build_loader(dataset, 0, shuffle=False, drop_last=False, num_workers=0, seed=0)
+
+
+# ---- rendered digits ---------------------------------------------------------------------------------------
+
+FEW_VARIANTS = {"variants_train": 1, "variants_val": 1}
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory) -> Path:
+    return write_digit_folders(tmp_path_factory.mktemp("digits") / "tree", seed=0, **FEW_VARIANTS)
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.png")}
+
+
+def _sources(root: Path, split: str) -> dict[int, str]:
+    """Source digit index -> class folder, from the `<source>_<variant>.png` file names."""
+    return {int(p.stem.split("_")[0]): p.parent.name for p in (root / split).rglob("*.png")}
+
+
+def test_digit_tree_has_ten_classes_and_val_sources_unseen_in_train(digits_root):
+    labels = load_digits().target
+    train, val = _sources(digits_root, "train"), _sources(digits_root, "val")
+    for split in ("train", "val"):
+        assert sorted(p.name for p in (digits_root / split).iterdir()) == [str(c) for c in range(10)]
+    assert not set(train) & set(val)
+    assert len(train) + len(val) == len(labels)
+    # Every image sits in the folder of its source digit's label.
+    assert all(str(labels[source]) == folder for source, folder in (train | val).items())
+    # Stratified: each class gives about 20% of its digits to val.
+    val_labels = labels[sorted(val)]
+    for label in range(10):
+        assert np.sum(val_labels == label) == pytest.approx(0.2 * np.sum(labels == label), abs=1)
+    manifest = json.loads((digits_root / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": len(train), "val": len(val)}
+
+
+def test_digit_tree_is_reproducible_cached_and_rewritten_on_new_parameters(digits_root, tmp_path):
+    manifest = digits_root / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    some_image = next((digits_root / "train" / "3").iterdir())
+    image_before = some_image.stat().st_mtime_ns
+    assert write_digit_folders(digits_root, seed=0, **FEW_VARIANTS) == digits_root
+    assert manifest.stat().st_mtime_ns == before and some_image.stat().st_mtime_ns == image_before
+
+    copy = write_digit_folders(tmp_path / "copy", seed=0, **FEW_VARIANTS)
+    assert _tree_digest(copy) == _tree_digest(digits_root)
+
+    write_digit_folders(copy, seed=1, **FEW_VARIANTS)
+    assert json.loads((copy / "manifest.json").read_text())["params"]["seed"] == 1
+    assert _sources(copy, "val") != _sources(digits_root, "val")
+    differing = set(_tree_digest(copy).items()) - set(_tree_digest(digits_root).items())
+    assert len(differing) > 0.9 * len(_tree_digest(copy))
+    assert not list(tmp_path.glob(".copy.*")), "staging or retired trees were left behind"
+
+
+def test_rendered_digits_vary_in_colour_and_position(digits_root):
+    files = sorted((digits_root / "train").rglob("*.png"))[::10]
+    pixels = np.stack([np.asarray(Image.open(p), dtype=np.float32) / 255 for p in files])
+    assert pixels.shape[1:] == (32, 32, 3)
+    mean_colours = pixels.mean(axis=(1, 2))
+    assert mean_colours.std(axis=0).min() > 0.08
+
+    rng = np.random.default_rng(0)
+    digit = load_digits().images[0]
+    boxes = np.array([render_digit_image(digit, rng)[1] for _ in range(50)], dtype=float)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert centres.std(axis=0).min() > 1.5
+    assert (boxes[:, 2] - boxes[:, 0]).std() > 1.0
+
+
+def test_pasted_digit_lies_in_its_box_and_stands_out_from_the_background():
+    style = DigitStyle(min_colour_distance=0.8)
+    digit = load_digits().images[7]
+    for seed in range(10):
+        background = np.array([0.3, 0.6, 0.2], dtype=np.float32)
+        canvas = np.tile(background, (40, 56, 1))
+        x0, y0, x1, y1 = paste_digit(canvas, digit, np.random.default_rng(seed), style)
+        assert 0 <= x0 < x1 <= 56 and 0 <= y0 < y1 <= 40
+        changed = np.linalg.norm(canvas - background, axis=2) > 1e-6
+        rows, cols = np.nonzero(changed)
+        # Nothing drawn outside the box, and the box is tight around what was drawn.
+        assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (y0, y1, x0, x1)
+        assert np.linalg.norm(canvas - background, axis=2).max() > 0.8 * 0.8
+
+
+def test_build_pretrain_dataset_renders_digits_and_gives_two_views(digits_root):
+    params = {"seed": 0, **FEW_VARIANTS}
+    dataset = build_pretrain_dataset("digits", digits_root, build_two_view("digits", 32), digits_params=params)
+    (view1, view2), label = dataset[0]
+    assert view1.shape == view2.shape == (3, 32, 32) and label == 0
+    assert dataset.classes == [str(c) for c in range(10)]
+
+
+def test_digit_writer_refuses_foreign_folders_and_unknown_knobs(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.pdf").write_text("precious")
+    with pytest.raises(FileExistsError, match="manifest.json"):
+        write_digit_folders(tmp_path / "mine", **FEW_VARIANTS)
+    with pytest.raises(ValueError, match=r"unknown digit render parameters \['glitter'\]"):
+        write_digit_folders(tmp_path / "new", glitter=1.0)
+    with pytest.raises(ValueError, match="texture_strength"):
+        write_digit_folders(tmp_path / "new", texture_strength=2.0)

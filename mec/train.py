@@ -345,8 +345,12 @@ def monitor_backbone(cfg: Config, backbone: torch.nn.Module, device: torch.devic
                                      download=cfg.data.download, digits_params=_digits_params(cfg))
         splits[split] = build_loader(dataset, 256, shuffle=False, drop_last=False,
                                      num_workers=cfg.data.num_workers, seed=0, distributed=False)
+    # The baseline keeps every residual branch active: zero-initialised residual BNs would make each block
+    # the identity and the random network needlessly weak (eval-mode kNN 0.09 vs 0.16 on the digits).
     torch.manual_seed(cfg.train.seed)
-    random_backbone = build_backbone_from_config(cfg).to(device)
+    m = cfg.model
+    random_backbone = build_backbone(m.arch, width=m.width, cifar_stem=m.cifar_stem, zero_init_residual=False)
+    random_backbone = random_backbone.to(device)
     results: dict[str, float] = {}
     for prefix, net in (("monitor", backbone), ("monitor/random_init", random_backbone)):
         train = extract_features(net, splits["train"], device)

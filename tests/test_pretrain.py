@@ -198,3 +198,26 @@ def test_every_shipped_config_trains_a_few_steps(tmp_path, image_folder, name):
     assert result.backbone_path.is_file()
     state = torch.load(result.backbone_path, weights_only=True)
     assert state["metadata"]["arch"] == cfg.model.arch
+
+
+def test_torchrun_two_process_gloo_pretraining(tmp_path, image_folder):
+    """DDP end to end: torchrun's environment, sharded sampler, gathered loss, rank-0 records only."""
+    tree = tiny_config(tmp_path, image_folder, optim={"epochs": 1, "batch_size": 8, "warmup_epochs": 0},
+                       train={"deterministic": False})
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(yaml.safe_dump(tree))
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "mec.cli", "pretrain", "--config", str(config_file)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    uri = tree["tracking"]["tracking_uri"]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert len(runs) == 1, "only rank 0 opens a run"
+    assert runs[0].data.tags["env.world_size"] == "2"
+    # 24 images, global batch 8 split 4 + 4: 3 steps, each logged once.
+    assert [s for s, _ in metric_history(uri, runs[0].info.run_id, "train/loss")] == [1, 2, 3]
+    assert [e for e, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [1]

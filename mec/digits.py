@@ -52,6 +52,10 @@ class DigitStyle:
     max_rotation_deg: rotation drawn uniformly in [-max, max] degrees.
     min_colour_distance: least RGB distance (channels in [0, 1]) between ink and the local background.
     noise_std: standard deviation of per-pixel Gaussian noise, in [0, 1] intensity units.
+    palette_size: 0 draws background and ink colours freely for every image; N > 0 draws each image's
+        (background, ink) pair from a fixed palette of N pairs. A colour pair unique to one image lets
+        self-supervised learning tell images apart by colour alone (a shortcut the augmentations cannot
+        remove); a small shared palette keeps colour a nuisance for random features without that shortcut.
     """
 
     texture_strength: float = 0.5
@@ -61,8 +65,11 @@ class DigitStyle:
     max_rotation_deg: float = 15.0
     min_colour_distance: float = 0.7
     noise_std: float = 0.02
+    palette_size: int = 0
 
     def __post_init__(self) -> None:
+        if self.palette_size < 0:
+            raise ValueError(f"palette_size must be >= 0, got {self.palette_size!r}")
         if not 0.0 <= self.texture_strength <= 1.0:
             raise ValueError(f"texture_strength must be in [0, 1], got {self.texture_strength!r}")
         if self.texture_cells < 2:
@@ -108,14 +115,29 @@ def _normalised_coordinates(height: int, width: int) -> tuple[np.ndarray, np.nda
     return ys, xs
 
 
-def textured_background(rng: np.random.Generator, height: int, width: int, style: DigitStyle) -> np.ndarray:
+@lru_cache(maxsize=8)
+def colour_palette(size: int, min_distance: float) -> np.ndarray:
+    """[size, 2, 3] fixed (background, ink) colour pairs, the same for every data set seed."""
+    rng = np.random.default_rng(20221128)  # fixed: the palette is part of the data set's definition
+    pairs = []
+    for _ in range(size):
+        background = rng.random(3, dtype=np.float32)
+        pairs.append((background, _ink_colour(rng, background, min_distance)))
+    palette = np.asarray(pairs, dtype=np.float32)
+    palette.flags.writeable = False
+    return palette
+
+
+def textured_background(
+    rng: np.random.Generator, height: int, width: int, style: DigitStyle, flat: np.ndarray | None = None
+) -> np.ndarray:
     """A random smooth colour background, float32 [height, width, 3] in [0, 1].
 
     A flat random colour mixed (by `style.texture_strength`) with a texture that itself blends low-frequency
     colour noise (bicubically upsampled random cells; 2x2 cells give a gradient) and sinusoidal stripes
     between two random colours at a random angle.
     """
-    flat = rng.random(3, dtype=np.float32)
+    flat = rng.random(3, dtype=np.float32) if flat is None else flat
     cells = int(rng.integers(2, style.texture_cells + 1))
     noise_cells = rng.random((3, cells, cells), dtype=np.float32)
     noise = (_bicubic_upsampling(cells, height) @ noise_cells @ _bicubic_upsampling(cells, width).T).transpose(1, 2, 0)
@@ -156,7 +178,9 @@ def _ink_colour(rng: np.random.Generator, background: np.ndarray, min_distance: 
     return candidates[far_enough[0] if far_enough.size else int(np.argmax(distances))]
 
 
-def paste_digit(canvas: np.ndarray, digit: np.ndarray, rng: np.random.Generator, style: DigitStyle) -> BoundingBox:
+def paste_digit(
+    canvas: np.ndarray, digit: np.ndarray, rng: np.random.Generator, style: DigitStyle, ink: np.ndarray | None = None
+) -> BoundingBox:
     """Draw one digit onto `canvas` in place and return its box.
 
     canvas: float32 [H, W, 3] in [0, 1]. digit: [8, 8] (any size) with ink 0..16. The digit's cell gets a side
@@ -182,7 +206,8 @@ def paste_digit(canvas: np.ndarray, digit: np.ndarray, rng: np.random.Generator,
     region = canvas[y0 : y0 + box_h, x0 : x0 + box_w]
     weights = alpha[..., None]
     background_under_ink = (weights * region).sum(axis=(0, 1)) / weights.sum()
-    ink = _ink_colour(rng, background_under_ink, style.min_colour_distance)
+    if ink is None:
+        ink = _ink_colour(rng, background_under_ink, style.min_colour_distance)
     region[...] = (1.0 - weights) * region + weights * ink
     return x0, y0, x0 + box_w, y0 + box_h
 
@@ -193,8 +218,11 @@ def render_digit_image(
     """One digit on a textured `size` x `size` canvas: uint8 [size, size, 3] image and the digit's box."""
     if size < 8:
         raise ValueError(f"size must be >= 8 pixels, got {size!r}")
-    canvas = textured_background(rng, size, size, style)
-    box = paste_digit(canvas, digit, rng, style)
+    background = ink = None
+    if style.palette_size:
+        background, ink = colour_palette(style.palette_size, style.min_colour_distance)[rng.integers(style.palette_size)]
+    canvas = textured_background(rng, size, size, style, flat=background)
+    box = paste_digit(canvas, digit, rng, style, ink=ink)
     if style.noise_std > 0:
         canvas += rng.normal(0.0, style.noise_std, canvas.shape).astype(np.float32)
     image = np.round(np.clip(canvas, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -255,3 +255,18 @@ def test_digit_writer_refuses_foreign_folders_and_unknown_knobs(tmp_path):
         write_digit_folders(tmp_path / "new", glitter=1.0)
     with pytest.raises(ValueError, match="texture_strength"):
         write_digit_folders(tmp_path / "new", texture_strength=2.0)
+
+
+def test_palette_limits_colour_pairs_to_a_fixed_set():
+    digits, _ = load_digits(return_X_y=True)
+    style = DigitStyle(palette_size=3, texture_strength=0.0, noise_std=0.0, max_rotation_deg=0.0)
+    corners = set()
+    for i in range(40):
+        image, _ = render_digit_image(digits[i].reshape(8, 8), np.random.default_rng(i), style=style)
+        corners.add(tuple(image[0, 0]))  # the digit's cell is at most 0.8 of the canvas: a corner is background
+    assert 2 <= len(corners) <= 3
+    free = {tuple(render_digit_image(digits[i].reshape(8, 8), np.random.default_rng(i),
+                                     style=DigitStyle(texture_strength=0.0, noise_std=0.0))[0][0, 0]) for i in range(40)}
+    assert len(free) > 30
+    with pytest.raises(ValueError, match="palette_size must be >= 0"):
+        DigitStyle(palette_size=-1)

@@ -185,4 +185,7 @@ class RunLogger:
         delivered = self.flush()
         if not delivered:
             log.error("%d metrics could not reach MLflow; they are in %s", len(self._pending), self.journal)
-        self.client.set_terminated(self.run_id, status=status)
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as exc:  # a store that is away must not mask the run's own outcome
+            log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, exc)

@@ -104,13 +104,16 @@ def _run_cli(config_file: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_killed_run_resumes_into_same_mlflow_run_with_same_losses(tmp_path, image_folder):
-    # Reference: an uninterrupted deterministic run.
-    ref_tree = tiny_config(tmp_path / "ref", image_folder, optim={"epochs": 3})
+    # Reference: an uninterrupted deterministic run. One loader worker: augmentations drawn in a worker
+    # process must also come back the same after a resume.
+    workers = {"name": "imagefolder", "root": str(image_folder), "augment": "digits", "image_size": 16,
+               "num_workers": 1}
+    ref_tree = tiny_config(tmp_path / "ref", image_folder, optim={"epochs": 3}, data=workers)
     ref = pretrain(build_config(ref_tree))
     ref_losses = dict(metric_history(ref_tree["tracking"]["tracking_uri"], ref.run_id, "train/loss"))
 
     # The same run killed (hard exit, no cleanup) in the middle of epoch 2, then started again.
-    tree = tiny_config(tmp_path / "killed", image_folder, optim={"epochs": 3})
+    tree = tiny_config(tmp_path / "killed", image_folder, optim={"epochs": 3}, data=workers)
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(yaml.safe_dump(tree))
     killed = _run_cli(config_file, "train.stop_after_steps=5")

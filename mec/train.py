@@ -27,7 +27,7 @@ from mec import distributed as dist_env
 from mec.augment import build_two_view, eval_transform
 from mec.config import Config, ConfigError
 from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
-from mec.loss import MaximumEntropyCodingLoss, spectral_norm
+from mec.loss import MaximumEntropyCodingLoss, cross_correlation_matrix, spectral_norm
 from mec.models import MECModel, build_backbone, cifar_projector, convert_sync_batchnorm, predictor, released_projector
 from mec.monitor import extract_features, feature_quality
 from mec.optim import build_optimizer
@@ -266,7 +266,7 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
                     }
                     every = cfg.loss.spectral_norm_every
                     if every and cfg.loss.order is not None and (step % every == 0 or step == 1):
-                        metrics["train/spectral_norm"] = _spectral_norm_of(z1, p2, out.lam, cfg)
+                        metrics["train/spectral_norm"] = _spectral_norm_of(z1, p2, out.lam)
                     logger.log_metrics(metrics, step)
                     if not sys.stderr.isatty():
                         log.info("epoch %d step %d/%d loss %.5f lr %.4g lambda %.4g", epoch + 1, step,
@@ -320,14 +320,15 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
             torch.distributed.destroy_process_group()
 
 
-def _spectral_norm_of(target, online, lam: float, cfg: Config) -> float:
-    """||C||_2 of one pair's small-side C = lambda * Z1^T Z2, on this rank's rows (a cheap estimate)."""
+def _spectral_norm_of(target: torch.Tensor, online: torch.Tensor, lam: float) -> float:
+    """||C||_2 of one pair's small-side C on this rank's rows: an estimate of the global batch's value.
+
+    lambda was set for the global batch; this rank holds batch/world rows, hence the rescaling.
+    """
     with torch.no_grad():
         a = torch.nn.functional.normalize(target.float(), dim=1)
         b = torch.nn.functional.normalize(online.float(), dim=1)
-        # lambda was set for the global batch; this rank holds batch/world rows, so scale accordingly.
-        c = lam * dist_env.world_size() * (a @ b.T if a.shape[0] <= a.shape[1] else a.T @ b)
-        return spectral_norm(c)
+        return spectral_norm(cross_correlation_matrix(a, b, lam * dist_env.world_size(), side="auto"))
 
 
 def _digits_params(cfg: Config) -> dict:

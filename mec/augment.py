@@ -150,12 +150,17 @@ def digits_two_view(
     hue: float = 0.2,
     jitter_p: float = 0.8,
     grayscale_p: float = 0.2,
+    invert_p: float = 0.0,
+    translate: float = 0.0,
 ) -> TwoViewTransform:
     """Two symmetric views for the rendered digits of `mec.digits`.
 
     The renderer varies position, scale, colours and background texture, so the views use crops (position and
     scale) and SimCLR's strong colour jitter plus grayscale (colours). There is no horizontal flip: a mirrored
-    2, 3, 5, 7 or 9 is not the same digit.
+    2, 3, 5, 7 or 9 is not the same digit. `invert_p` inverts a view's colours: ink darker than the background
+    in one view and lighter in the other, so luminance order cannot identify an image. `translate` shifts each
+    view by up to this fraction of the side, filling with the edge pixels (the renderer's flat background), so
+    that the digit's place on the canvas differs between the views and cannot identify an image either.
     """
     _check_size(size)
     low, high = _check_crop_scale(crop_scale)
@@ -166,11 +171,17 @@ def digits_two_view(
         raise ValueError(f"hue jitter must be in [0, 0.5], got {hue!r}")
     _check_probability("jitter_p", jitter_p)
     _check_probability("grayscale_p", grayscale_p)
+    _check_probability("invert_p", invert_p)
+    if not 0.0 <= translate < 0.5:
+        raise ValueError(f"translate must be a fraction of the side in [0, 0.5), got {translate!r}")
+    shift = [T.RandomCrop(size, padding=round(translate * size), padding_mode="edge")] if translate else []
     view = T.Compose(
         [
             T.RandomResizedCrop(size, scale=(low, high)),
+            *shift,
             T.RandomApply([T.ColorJitter(brightness, contrast, saturation, hue)], p=jitter_p),
             T.RandomGrayscale(p=grayscale_p),
+            T.RandomInvert(p=invert_p),
             T.ToTensor(),
             T.Normalize(DIGITS_MEAN, DIGITS_STD),
         ]

@@ -49,6 +49,12 @@ class DataConfig(_Section):
     # Keyword overrides of the augmentation recipe (e.g. crop_scale for digits); empty = the recipe as published.
     augment_options: dict[str, Any] = Field(default_factory=dict)
 
+    def digits_params(self) -> dict[str, Any]:
+        """Keyword arguments of `mec.digits.write_digit_folders` for this data set."""
+        d = self.digits
+        return {"size": d.size, "variants_train": d.variants_train, "variants_val": d.variants_val,
+                "val_fraction": d.val_fraction, "seed": d.seed, **d.options}
+
 
 class ModelConfig(_Section):
     arch: Literal["resnet18", "resnet50"] = "resnet50"

@@ -90,7 +90,9 @@ class DigitStyle:
 
 def load_source_digits() -> tuple[np.ndarray, np.ndarray]:
     """The bundled UCI digits: images float32 [1797, 8, 8] in 0..16 and int64 labels [1797]."""
-    from sklearn.datasets import load_digits  # a heavy import, needed only when rendering
+    from sklearn.datasets import (
+        load_digits,  # a heavy import, needed only when rendering
+    )
 
     bunch = load_digits()
     return bunch.images.astype(np.float32), bunch.target.astype(np.int64)

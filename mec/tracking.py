@@ -113,37 +113,53 @@ class RunLogger:
         tracking_uri: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> RunLogger:
-        """Continue ``resume_run_id`` (the id stored in the checkpoint) or start a new run."""
+        """Continue ``resume_run_id`` (from a checkpoint, or created by the rule) or start a new run.
+
+        Continuing a run needs no store: if it cannot be reached, training goes on and every metric waits in
+        the journal (`replay_journal` sends it later). A store that answers but lacks the run is an error:
+        better than a silent new run.
+        """
         uri = resolve_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri=uri)
-        if resume_run_id:
-            run = client.get_run(resume_run_id)  # raises if the store lost it: better than a silent new run
-            client.update_run(resume_run_id, status="RUNNING")
-            logger = cls(client, resume_run_id, journal)
-            for key in run.data.metrics:
-                history = client.get_metric_history(resume_run_id, key)
-                logger._logged_upto[key] = max((m.step for m in history), default=-1)
-            log.info("resuming MLflow run %s (%s)", resume_run_id, run.info.run_name)
-        else:
+        if not resume_run_id:
             exp_id = ensure_experiment(client, experiment, default_artifact_location(uri, experiment))
             run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
-            logger = cls(client, run.info.run_id, journal)
             log.info("MLflow run %s in experiment %r at %s", run.info.run_id, experiment, uri)
+            return cls(client, run.info.run_id, journal)
+        logger = cls(client, resume_run_id, journal)
+        # Steps already journaled were logged by an earlier process (or wait to be sent): never twice.
+        logger._logged_upto = journal_max_steps(journal, resume_run_id)
+        try:
+            client.update_run(resume_run_id, status="RUNNING")
+            if tags:
+                logger.set_tags(tags)
+            sent = replay_journal(client, resume_run_id, journal)
+        except Exception as exc:  # transport or store errors; a missing run is not one of them
+            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("MLflow unreachable (%s); run %s continues, metrics kept in %s", exc, resume_run_id, journal)
+            return logger
+        log.info("continuing MLflow run %s (%d journaled metrics re-sent)", resume_run_id, sent)
         return logger
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Parameters once per run; a resumed run skips the ones already there (MLflow forbids changes)."""
-        existing = self.client.get_run(self.run_id).data.params
-        batch = [
-            Param(key, str(value)[:MAX_PARAM_LENGTH])
-            for key, value in params.items()
-            if key not in existing
-        ]
-        for start in range(0, len(batch), 100):  # log_batch accepts at most 100 params per call
-            self.client.log_batch(self.run_id, params=batch[start : start + 100])
+        log_params(self.client, self.run_id, params)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def try_(self, what: str, call: Any, *args: Any) -> bool:
+        """Run a non-metric store call (params, tags, artifacts); a store that is away only costs a warning.
+
+        The rule that launched the job logs params and tags before and artifacts after it, so nothing is lost.
+        """
+        try:
+            call(*args)
+        except Exception as exc:
+            log.warning("MLflow: could not %s for run %s: %s", what, self.run_id, exc)
+            return False
+        return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -152,7 +168,8 @@ class RunLogger:
             return
         with self.journal.open("a") as fh:
             for key, value in fresh.items():
-                fh.write(json.dumps({"key": key, "value": value, "step": step, "timestamp": now}) + "\n")
+                fh.write(json.dumps({"run_id": self.run_id, "key": key, "value": value, "step": step,
+                                    "timestamp": now}) + "\n")
         self._pending.extend(Metric(key, value, now, step) for key, value in fresh.items())
         for key in fresh:
             self._logged_upto[key] = step
@@ -189,3 +206,57 @@ class RunLogger:
             self.client.set_terminated(self.run_id, status=status)
         except Exception as exc:  # a store that is away must not mask the run's own outcome
             log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, exc)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log the parameters the run does not hold yet (MLflow forbids changing a logged value)."""
+    existing = client.get_run(run_id).data.params
+    batch = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in params.items() if key not in existing]
+    for start in range(0, len(batch), 100):  # log_batch accepts at most 100 params per call
+        client.log_batch(run_id, params=batch[start : start + 100])
+
+
+def read_journal(journal: Path, run_id: str) -> list[dict[str, Any]]:
+    """The journal's records of ``run_id``; a torn last line (the writer was killed mid-write) is skipped."""
+    if not journal.exists():
+        return []
+    records = []
+    for line in journal.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("run_id") == run_id:
+            records.append(record)
+    return records
+
+
+def journal_max_steps(journal: Path, run_id: str) -> dict[str, int]:
+    upto: dict[str, int] = {}
+    for record in read_journal(journal, run_id):
+        upto[record["key"]] = max(upto.get(record["key"], -1), int(record["step"]))
+    return upto
+
+
+def replay_journal(client: MlflowClient, run_id: str, journal: Path) -> int:
+    """Send the journal's metrics that the store lacks (steps above its newest per key); returns how many.
+
+    The journal is written before every send, so it holds everything the store holds and possibly more:
+    what a killed process or an unreachable store never delivered.
+    """
+    records = read_journal(journal, run_id)
+    if not records:
+        return 0
+    stored: dict[str, int] = {}
+    for key in {r["key"] for r in records}:
+        history = client.get_metric_history(run_id, key)
+        stored[key] = max((m.step for m in history), default=-1)
+    missing, seen = [], set()
+    for r in records:
+        ident = (r["key"], int(r["step"]))
+        if int(r["step"]) > stored[r["key"]] and ident not in seen:
+            seen.add(ident)
+            missing.append(Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])))
+    for start in range(0, len(missing), 1000):
+        client.log_batch(run_id, metrics=missing[start : start + 1000])
+    return len(missing)

@@ -28,7 +28,14 @@ from mec.augment import build_two_view, eval_transform
 from mec.config import Config, ConfigError
 from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
 from mec.loss import MaximumEntropyCodingLoss, cross_correlation_matrix, spectral_norm
-from mec.models import MECModel, build_backbone, cifar_projector, convert_sync_batchnorm, predictor, released_projector
+from mec.models import (
+    MECModel,
+    build_backbone,
+    cifar_projector,
+    convert_sync_batchnorm,
+    predictor,
+    released_projector,
+)
 from mec.monitor import extract_features, feature_quality
 from mec.optim import build_optimizer
 from mec.schedules import lambda_warmup_scale, teacher_momentum, warmup_cosine
@@ -134,8 +141,13 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
     return iterable
 
 
-def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
-    """Run (or resume) one pretraining run and export its backbone; returns the run id and monitor metrics."""
+def pretrain(cfg: Config, config_file: Path | None = None, run_id: str | None = None) -> PretrainResult:
+    """Run (or resume) one pretraining run and export its backbone; returns the run id and monitor metrics.
+
+    ``run_id``: an MLflow run created by the caller (a workflow rule) to log into; a checkpoint's run id wins,
+    so a resumed run always continues the run it started in.
+    """
+    given_run_id = run_id
     distributed = dist_env.init_distributed()
     rank, world = dist_env.rank(), dist_env.world_size()
     main = rank == 0
@@ -156,7 +168,7 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
 
     two_view = build_two_view(cfg.data.augment, cfg.data.image_size, **cfg.data.augment_options)
     dataset = build_pretrain_dataset(
-        cfg.data.name, cfg.data.root, two_view, download=cfg.data.download, digits_params=_digits_params(cfg)
+        cfg.data.name, cfg.data.root, two_view, download=cfg.data.download, digits_params=cfg.data.digits_params()
     )
     local_batch = cfg.optim.batch_size // world
     loader = build_loader(
@@ -183,7 +195,7 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
     )
     optimizer = build_optimizer(model, cfg.optim, cfg.lr)
 
-    start_epoch, step, run_id = 0, 0, None
+    start_epoch, step, run_id = 0, 0, given_run_id
     resumed = ckpt.find_resumable(ckpt_dir)
     if resumed is not None:
         path, state = resumed
@@ -192,7 +204,11 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
         ckpt.restore_rng_state(state["rng"])
         if rank != 0:  # only rank 0's RNG state is saved; other ranks get their own stream back
             seed_everything(epoch_seed(cfg.train.seed, int(state["epoch"]), rank))
-        start_epoch, step, run_id = int(state["epoch"]), int(state["step"]), state.get(ckpt.RUN_ID_KEY)
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        run_id = state.get(ckpt.RUN_ID_KEY) or given_run_id
+        if given_run_id and run_id != given_run_id:
+            log.warning("checkpoint %s belongs to MLflow run %s, not %s: continuing %s", path, run_id,
+                        given_run_id, run_id)
         log.info("resuming from %s (epoch %d done, step %d)", path, start_epoch, step)
 
     train_model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda_extras else None) \
@@ -209,12 +225,15 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
             tags={"mec.stage": "pretrain", "mec.config_name": cfg.name},
         )
         run_id = logger.run_id
-        logger.log_params(cfg.flat() | {"derived.lr": cfg.lr, "derived.steps_per_epoch": steps_per_epoch})
-        logger.set_tags(environment_tags(world, str(device)) | {"mec.output_dir": str(out_dir.resolve())})
+        logger.try_("log params", logger.log_params,
+                    cfg.flat() | {"derived.lr": cfg.lr, "derived.steps_per_epoch": steps_per_epoch})
+        logger.try_("set tags", logger.set_tags,
+                    environment_tags(world, str(device)) | {"mec.output_dir": str(out_dir.resolve())})
         if resumed is None:
-            logger.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+            logger.try_("log the resolved config", logger.log_text,
+                        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
             if config_file is not None:
-                logger.log_artifact(config_file, "config")
+                logger.try_("log the config file", logger.log_artifact, config_file, "config")
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda_extras and cfg.train.amp)
     steps_this_process = 0
@@ -308,7 +327,7 @@ def pretrain(cfg: Config, config_file: Path | None = None) -> PretrainResult:
                 metrics = monitor_backbone(cfg, model.backbone, device)
                 logger.log_metrics(metrics, step)
             if cfg.tracking.log_backbone:
-                logger.log_artifact(backbone_path, "backbone")
+                logger.try_("log the backbone", logger.log_artifact, backbone_path, "backbone")
             logger.close("FINISHED")
             logger = None
         return PretrainResult(run_id, backbone_path, metrics)
@@ -332,19 +351,13 @@ def _spectral_norm_of(target: torch.Tensor, online: torch.Tensor, lam: float) ->
         return spectral_norm(cross_correlation_matrix(a, b, lam * dist_env.world_size(), side="auto"))
 
 
-def _digits_params(cfg: Config) -> dict:
-    d = cfg.data.digits
-    return {"size": d.size, "variants_train": d.variants_train, "variants_val": d.variants_val,
-            "val_fraction": d.val_fraction, "seed": d.seed, **d.options}
-
-
 def monitor_backbone(cfg: Config, backbone: torch.nn.Module, device: torch.device) -> dict[str, float]:
     """kNN / few-shot / linear accuracy of the learned backbone and of a random one, on held-out images."""
     transform = eval_transform(cfg.data.augment, cfg.data.image_size)
     splits = {}
     for split in ("train", "val"):
         dataset = build_eval_dataset(cfg.data.name, cfg.data.root, transform, split,
-                                     download=cfg.data.download, digits_params=_digits_params(cfg))
+                                     download=cfg.data.download, digits_params=cfg.data.digits_params())
         splits[split] = build_loader(dataset, 256, shuffle=False, drop_last=False,
                                      num_workers=cfg.data.num_workers, seed=0, distributed=False)
     # The baseline keeps every residual branch active: zero-initialised residual BNs would make each block

@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mec.monitor import Features, few_shot_accuracy, few_shot_subset, knn_accuracy, linear_accuracy
+from mec.monitor import (
+    Features,
+    few_shot_accuracy,
+    few_shot_subset,
+    knn_accuracy,
+    linear_accuracy,
+)
 
 
 def _blobs(n_per_class: int, classes: int, dim: int, spread: float, seed: int) -> Features:

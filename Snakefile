@@ -1,0 +1,36 @@
+# The MEC pipeline: pretraining -> evaluations -> tables, one DAG for a laptop or a SLURM cluster.
+#
+#   snakemake --cores 2                  the default experiment (offline digits), locally
+#   snakemake --profile slurm            the same DAG, heavy rules submitted to SLURM through submitit
+#   snakemake --configfile X.yaml ...    another experiment config (see workflow/experiments/)
+
+from pathlib import Path
+
+import yaml
+from snakemake.utils import min_version, validate
+
+from workflow import stages
+from workflow.experiment import build_experiment
+
+min_version("9.0")
+
+# Without --configfile: the default experiment, with any --config values (e.g. the profile's launcher) on top.
+# (The configfile directive would deep-merge the default's run groups into every other experiment.)
+if "experiment" not in config:
+    default = Path(workflow.current_basedir) / "workflow" / "experiments" / "default.yaml"
+    config.update({**yaml.safe_load(default.read_text()), **config})
+validate(config, "workflow/schemas/experiment.schema.yaml")
+
+EXPERIMENT = build_experiment(config)
+OUT = str(EXPERIMENT.output)
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/tables.smk"
+
+
+rule all:
+    input:
+        rules.tables.output,
+    default_target: True

@@ -1,0 +1,72 @@
+"""Frozen features extracted once per (backbone file, data split) and reused by every protocol that needs them.
+
+kNN, t-SNE and transfer classification all read the same [N, D] features. The cache key hashes the backbone
+file's bytes and the data identity (data set, root, split, transform), so a retrained backbone or a changed
+data set never reuses stale features. Files are written atomically and read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from evals.job import load_frozen_backbone, select_device
+from mec import checkpoint as ckpt
+from mec.augment import eval_transform
+from mec.config import Config
+from mec.data import build_eval_dataset, build_loader
+from mec.monitor import Features, extract_features
+
+log = logging.getLogger(__name__)
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def feature_key(backbone: Path, cfg: Config, split: str) -> str:
+    data = cfg.data
+    identity = {
+        "backbone_sha256": file_digest(backbone),
+        "data": data.name,
+        "root": str(Path(data.root).resolve()),
+        "split": split,
+        "transform": [data.augment, data.image_size],
+        "digits": data.digits_params() if data.name == "digits" else None,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_features(backbone: Path, cfg: Config, split: str, cache_dir: Path) -> tuple[Features, bool]:
+    """Features of ``split`` under ``backbone``; the flag says whether they came from the cache."""
+    path = Path(cache_dir) / f"{split}-{feature_key(Path(backbone), cfg, split)}.pt"
+    if path.exists():
+        stored = ckpt.load_checkpoint(path, required_keys=("features", "labels"))
+        log.info("reusing cached %s features %s", split, path)
+        return Features(stored["features"], stored["labels"]), True
+    net, _ = load_frozen_backbone(backbone, cfg)
+    device = select_device()
+    dataset = build_eval_dataset(
+        cfg.data.name, cfg.data.root, eval_transform(cfg.data.augment, cfg.data.image_size), split,
+        download=cfg.data.download, digits_params=cfg.data.digits_params(),
+    )
+    loader = build_loader(dataset, 256, shuffle=False, drop_last=False, num_workers=cfg.data.num_workers,
+                          seed=0, distributed=False)
+    features = extract_features(net.to(device), loader, device)
+    ckpt.save_checkpoint(path, {"features": features.features, "labels": features.labels,
+                                "backbone": str(backbone), "split": split})
+    log.info("extracted %s features %s -> %s", split, tuple(features.features.shape), path)
+    return features, False
+
+
+def train_val_features(backbone: Path, cfg: Config, cache_dir: Path) -> tuple[Features, Features, bool]:
+    train, hit_train = cached_features(backbone, cfg, "train", cache_dir)
+    val, hit_val = cached_features(backbone, cfg, "val", cache_dir)
+    return train, val, hit_train and hit_val
+

@@ -1,0 +1,63 @@
+"""What every evaluation entry point shares: the job description, the backbone loader and the run logger.
+
+A workflow rule creates the evaluation's MLflow run (nested under the pretraining run it evaluates), then
+launches the protocol with an `EvalJob`; the protocol logs into that run through its journal, so metrics
+survive a tracking server that is away, and returns its final metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mec import checkpoint as ckpt
+from mec.config import Config, build_config
+from mec.models import build_backbone
+from mec.tracking import RunLogger
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One protocol on one backbone. Plain values only: it is pickled into submitit jobs."""
+
+    protocol: str
+    backbone: str  # exported backbone file (or a pretraining checkpoint)
+    config: dict[str, Any]  # the pretraining run's resolved `mec` config: data set, image size, architecture
+    output_dir: str  # the protocol's checkpoints and journal
+    feature_cache: str  # shared by all protocols of an experiment: features extracted once per backbone
+    options: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None  # MLflow run created by the rule
+    tracking_uri: str | None = None
+    experiment: str = "mec"
+
+    @property
+    def cfg(self) -> Config:
+        return build_config(self.config)
+
+    def option(self, name: str, default: Any) -> Any:
+        return self.options.get(name, default)
+
+    def open_logger(self) -> RunLogger:
+        return RunLogger.open(
+            experiment=self.experiment,
+            run_name=f"{self.protocol}",
+            journal=Path(self.output_dir) / "metrics.jsonl",
+            resume_run_id=self.run_id,
+            tracking_uri=self.tracking_uri,
+        )
+
+
+def select_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_frozen_backbone(path: str | Path, cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+    """The backbone of ``cfg.model`` with every weight loaded from ``path`` (missing keys raise, naming the file)."""
+    m = cfg.model
+    backbone = build_backbone(m.arch, width=m.width, cifar_stem=m.cifar_stem, zero_init_residual=False)
+    summary = ckpt.load_backbone(backbone, Path(path), ignore=("fc.",))
+    return backbone, summary

@@ -1,0 +1,32 @@
+"""Weighted kNN on frozen features (InstDisc / DINO protocol): neighbours vote with weight exp(cos / T).
+
+Defaults follow the common SSL protocol: k in {20, 200}, T = 0.07. Features come from `evals.features`, so a
+second protocol on the same backbone (t-SNE, transfer) does not extract them again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evals.features import train_val_features
+from evals.job import EvalJob
+from mec.monitor import knn_accuracy
+
+DEFAULT_K = (20, 200)
+DEFAULT_TEMPERATURE = 0.07
+
+
+def evaluate(job: EvalJob) -> dict[str, float]:
+    ks = job.option("k", list(DEFAULT_K))
+    ks = [ks] if isinstance(ks, int) else list(ks)
+    temperature = float(job.option("temperature", DEFAULT_TEMPERATURE))
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or temperature <= 0:
+        raise ValueError(f"knn options: k must be positive ints and temperature > 0, got k={ks}, T={temperature}")
+    cfg = job.cfg
+    train, val, reused = train_val_features(Path(job.backbone), cfg, Path(job.feature_cache))
+    metrics = {f"knn/top1_k{k}": knn_accuracy(train, val, k, temperature) for k in ks}
+    metrics["knn/features_reused"] = float(reused)
+    logger = job.open_logger()
+    logger.log_metrics(metrics, step=0)
+    logger.close()
+    return metrics

@@ -1,0 +1,30 @@
+"""Small real-format data shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY_MODEL = {
+    "arch": "resnet18", "width": 4, "cifar_stem": True, "projector": "released",
+    "projector_hidden": 32, "embedding_dim": 32, "predictor_hidden": 16,
+}
+
+
+def write_image_folder(root: Path, per_class: int = 12, size: int = 24) -> Path:
+    """A real ImageFolder tree: two classes (bright disc / dark bar) on noise, PNG files."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for split in ("train", "val"):
+        for label, name in enumerate(("disc", "bar")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                img = rng.integers(0, 80, (size, size, 3)).astype(np.uint8)
+                cx, cy = rng.integers(6, size - 6, 2)
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < 16 if label == 0 else (abs(xx - cx) < 2) & (abs(yy - cy) < 6)
+                img[mask] = rng.integers(150, 255, 3)
+                Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return root

@@ -1,0 +1,157 @@
+"""The Snakemake DAG: experiment configs, a local end-to-end run, MLflow links, and reruns after a failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from mec.config import ConfigError
+from workflow.experiment import build_experiment
+
+from conftest import TINY_MODEL, write_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_grid_and_seeds_expand_into_named_runs():
+    exp = build_experiment({
+        "experiment": "abl",
+        "pretrain": {"c10": {"config": "cifar10", "grid": {"loss.order": [2, 4], "optim.batch_size": [256]},
+                             "seeds": [0, 1]}},
+        "evaluate": {"knn": {"runs": ["c10"]}},
+    })
+    # grid keys in sorted order (loss.order before optim.batch_size), then the seed
+    assert sorted(exp.runs) == ["c10_order2_batchsize256_s0", "c10_order2_batchsize256_s1",
+                                "c10_order4_batchsize256_s0", "c10_order4_batchsize256_s1"]
+    cfg = exp.config_for("c10_order2_batchsize256_s1")
+    assert (cfg.loss.order, cfg.optim.batch_size, cfg.train.seed) == (2, 256, 1)
+    assert cfg.tracking.experiment == "abl" and cfg.tracking.run_name == "c10_order2_batchsize256_s1"
+    assert Path(cfg.train.output_dir) == Path("results/abl/pretrain/c10_order2_batchsize256_s1").resolve()
+    assert exp.evaluation("knn").runs == tuple(sorted(exp.runs))
+
+
+@pytest.mark.parametrize(
+    ("tree", "message"),
+    [
+        ({"pretrain": {"a": {"config": "digits"}}}, "'experiment'"),
+        ({"experiment": "e", "pretrain": {"a": {"config": "digits", "overrides": {"loss.epsilon": 1}}}},
+         r"pretrain\.a \(run a_s0\).*loss\.epsilon"),
+        ({"experiment": "e", "pretrain": {"a": {"config": "digits", "grid": {"loss.order": [0]}}}},
+         r"run a_order0_s0.*loss\.order"),
+        ({"experiment": "e", "pretrain": {"a": {"config": "digits"}}, "evaluate": {"knn": {"runs": ["b"]}}},
+         r"evaluate\.knn\.runs: unknown pretrain groups \['b'\]"),
+        ({"experiment": "e", "launcher": "auto", "pretrain": {"a": {"config": "digits"}}}, "launcher='auto'"),
+    ],
+)
+def test_bad_experiment_configs_name_the_key(tree, message):
+    with pytest.raises(ConfigError, match=message):
+        build_experiment(tree)
+
+
+def _snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"MLFLOW_TRACKING_URI": ""}
+    env.pop("MLFLOW_TRACKING_URI")
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+         *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )
+
+
+def test_schema_rejects_an_unknown_key_before_anything_runs(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"experiment": "e", "pretrain": {"a": {"config": "digits"}}, "sedds": [1]}))
+    proc = _snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert proc.returncode != 0
+    assert "sedds" in proc.stdout + proc.stderr
+
+
+def _tiny_experiment(tmp_path: Path, *, fail_group_b: bool) -> Path:
+    data = write_image_folder(tmp_path / "data", per_class=16, size=16)
+    mec_config = tmp_path / "tiny.yaml"
+    mec_config.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "data": {"name": "imagefolder", "root": str(data), "augment": "digits", "image_size": 16, "num_workers": 0},
+        "model": TINY_MODEL,
+        "loss": {"eps": 2.0, "lambda_warmup_epochs": 1},
+        "optim": {"batch_size": 8, "base_lr": 0.1, "epochs": 2, "warmup_epochs": 1},
+        "monitor": {"enabled": False},
+        "train": {"log_every": 1},
+    }))
+    b_overrides = {"train.stop_after_steps": 5} if fail_group_b else {}  # 4 steps per epoch: dies in epoch 2
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "experiment": "wf-test",
+        "output": str(tmp_path / "results"),
+        "launcher": "local",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "pretrain": {
+            "a": {"config": str(mec_config), "seeds": [0, 1]},
+            "b": {"config": str(mec_config), "overrides": b_overrides},
+        },
+        "evaluate": {"knn": {"runs": ["a", "b"], "options": {"k": [5]}}},
+    }))
+    return experiment
+
+
+def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.slow
+def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
+    experiment = _tiny_experiment(tmp_path, fail_group_b=True)
+    first = _snakemake(tmp_path, "--cores", "2", "--keep-going", "--configfile", str(experiment))
+    assert first.returncode != 0, first.stderr[-3000:]
+    results = tmp_path / "results"
+    for run in ("a_s0", "a_s1"):  # the two seeds ran side by side against one SQLite store
+        assert (results / "pretrain" / run / "pretrain.json").exists(), first.stderr[-3000:]
+        assert (results / "eval" / "knn" / run / "result.json").exists()
+    assert not (results / "pretrain" / "b_s0" / "pretrain.json").exists()
+    b_run_id = (results / "pretrain" / "b_s0" / "mlflow_run_id").read_text().strip()
+
+    # The failed branch, and only it (plus the tables), is what is left to do.
+    experiment = _tiny_experiment(tmp_path, fail_group_b=False)
+    dry = _snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = dry.stdout + dry.stderr
+    assert "b_s0" in planned and "run=a_s0" not in planned and "a_s0/pretrain.json\n" not in planned
+    job_counts = {line.split()[0]: int(line.split()[1]) for line in planned.splitlines()
+                  if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert job_counts.get("pretrain") == 1 and job_counts.get("evaluate") == 1 and job_counts.get("tables") == 1
+
+    second = _snakemake(tmp_path, "--cores", "2", "--configfile", str(experiment))
+    assert second.returncode == 0, second.stderr[-3000:]
+    records = {run: json.loads((results / "pretrain" / run / "pretrain.json").read_text())
+               for run in ("a_s0", "a_s1", "b_s0")}
+    assert records["b_s0"]["run_id"] == b_run_id  # resumed into the run the killed job started
+    assert records["a_s0"]["launch"]["cluster"] == "local" and records["a_s0"]["launch"]["job_id"]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for run, record in records.items():
+        # 2 epochs x 4 steps, logged every step: every step exactly once, in the killed-and-resumed run too
+        assert _metric_steps(client, record["run_id"], "train/loss") == list(range(1, 9)), run
+        tags = client.get_run(record["run_id"]).data.tags
+        assert tags["launcher.job_id"] == record["launch"]["job_id"]
+        assert tags["mec.stage"] == "pretrain"
+        ev = json.loads((results / "eval" / "knn" / run / "result.json").read_text())
+        ev_tags = client.get_run(ev["run_id"]).data.tags
+        assert ev_tags["mlflow.parentRunId"] == record["run_id"] == ev_tags["mec.pretrain_run_id"]
+        assert 0.0 <= client.get_run(ev["run_id"]).data.metrics["knn/top1_k5"] <= 1.0
+
+    # Features were extracted once per backbone; a second protocol run on them reuses the cache.
+    assert len(list((results / "features").glob("*.pt"))) == 2 * 3
+    summary = (results / "tables" / "summary.csv").read_text()
+    for record in records.values():
+        assert record["run_id"] in summary
+    assert "knn:knn/top1_k5" in summary
+
+    again = _snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,191 @@
+"""An experiment config: which pretraining runs exist (grids and seeds expanded) and what evaluates them.
+
+The Snakefile validates the YAML against ``workflow/schemas/experiment.schema.yaml`` (shape and types); this
+module checks what a schema cannot (that every override names a real config key with an allowed value, that
+evaluations name existing run groups, that run names are unique) and expands the grids into named runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mec.config import Config, ConfigError, load_config
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+LAUNCHERS = ("inline", "debug", "local", "slurm")
+
+
+@dataclass(frozen=True)
+class PretrainRun:
+    """One pretraining run: a shipped config (or YAML path) plus overrides, under a unique name."""
+
+    name: str
+    group: str
+    config: str
+    overrides: dict[str, Any]
+    seed: int
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def override_args(self) -> list[str]:
+        return [f"{key}={_as_override_value(value)}" for key, value in self.overrides.items()]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation protocol and the pretraining runs it applies to."""
+
+    name: str
+    protocol: str
+    runs: tuple[str, ...]
+    options: dict[str, Any]
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    launcher: str
+    tracking_uri: str | None
+    output: Path
+    runs: dict[str, PretrainRun]
+    evaluations: dict[str, Evaluation]
+
+    def run(self, name: str) -> PretrainRun:
+        if name not in self.runs:
+            raise ConfigError(f"no pretraining run named {name!r} in experiment {self.name!r}; runs: {sorted(self.runs)}")
+        return self.runs[name]
+
+    def evaluation(self, name: str) -> Evaluation:
+        if name not in self.evaluations:
+            raise ConfigError(f"no evaluation named {name!r} in experiment {self.name!r}: {sorted(self.evaluations)}")
+        return self.evaluations[name]
+
+    def pretrain_dir(self, run: str) -> Path:
+        return self.output / "pretrain" / run
+
+    def pretrain_record(self, run: str) -> Path:
+        return self.pretrain_dir(run) / "pretrain.json"
+
+    def eval_dir(self, evaluation: str, run: str) -> Path:
+        return self.output / "eval" / evaluation / run
+
+    def eval_record(self, evaluation: str, run: str) -> Path:
+        return self.eval_dir(evaluation, run) / "result.json"
+
+    def eval_records(self) -> list[Path]:
+        return [self.eval_record(e.name, run) for e in self.evaluations.values() for run in e.runs]
+
+    def config_for(self, run: str, **extra: Any) -> Config:
+        """The run's typed `mec` config, with the output folder, seed and MLflow names the workflow owns."""
+        spec = self.run(run)
+        owned = [
+            f"train.output_dir={self.pretrain_dir(run).resolve()}",
+            f"train.seed={spec.seed}",
+            f"tracking.experiment={self.name}",
+            f"tracking.run_name={run}",
+        ]
+        if self.tracking_uri:
+            owned.append(f"tracking.tracking_uri={self.tracking_uri}")
+        owned += [f"{key}={_as_override_value(value)}" for key, value in extra.items()]
+        return load_config(spec.config, spec.override_args() + owned)
+
+
+def _as_override_value(value: Any) -> str:
+    """Render a YAML value so that `mec.config`'s ``key=value`` parser reads it back unchanged."""
+    import yaml
+
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _short_key(key: str) -> str:
+    return key.rsplit(".", 1)[-1].replace("_", "")
+
+
+def _grid_runs(group: str, spec: Mapping[str, Any]) -> list[PretrainRun]:
+    grid: dict[str, list[Any]] = dict(spec.get("grid") or {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"pretrain.{group}.grid.{key}: expected a non-empty list of values, got {values!r}")
+    seeds = list(spec.get("seeds") or [0])
+    keys = sorted(grid)
+    runs = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        suffix = "".join(f"_{_short_key(k)}{_name_part(v)}" for k, v in zip(keys, combo, strict=True))
+        for seed in seeds:
+            overrides = dict(spec.get("overrides") or {}) | dict(zip(keys, combo, strict=True))
+            runs.append(
+                PretrainRun(
+                    name=f"{group}{suffix}_s{seed}",
+                    group=group,
+                    config=str(spec["config"]),
+                    overrides=overrides,
+                    seed=int(seed),
+                    resources=dict(spec.get("resources") or {}),
+                )
+            )
+    return runs
+
+
+def _name_part(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
+
+
+def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experiment:
+    """Check an experiment config (as Snakemake loaded it) and expand its runs."""
+    name = str(tree.get("experiment") or "")
+    if not name:
+        raise ConfigError("experiment config: 'experiment' (the MLflow experiment name) is required")
+    launcher = str(tree.get("launcher", "local"))
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"experiment config: launcher={launcher!r} is not one of {list(LAUNCHERS)}")
+    pretrain = tree.get("pretrain") or {}
+    if not pretrain:
+        raise ConfigError("experiment config: 'pretrain' must declare at least one run group")
+    runs: dict[str, PretrainRun] = {}
+    groups: dict[str, list[str]] = {}
+    for group, spec in pretrain.items():
+        if not RUN_NAME.match(group):
+            raise ConfigError(f"pretrain.{group}: group names may use letters, digits, '_', '.', '-'")
+        if "config" not in spec:
+            raise ConfigError(f"pretrain.{group}: 'config' (a shipped config name or a YAML path) is required")
+        for run in _grid_runs(group, spec):
+            if run.name in runs:
+                raise ConfigError(f"pretrain.{group}: run name {run.name!r} is produced twice; rename a group")
+            runs[run.name] = run
+            groups.setdefault(group, []).append(run.name)
+    evaluations: dict[str, Evaluation] = {}
+    for eval_name, spec in (tree.get("evaluate") or {}).items():
+        wanted = spec.get("runs", sorted(groups))
+        unknown = sorted(set(wanted) - set(groups))
+        if unknown:
+            raise ConfigError(f"evaluate.{eval_name}.runs: unknown pretrain groups {unknown}; groups: {sorted(groups)}")
+        evaluations[eval_name] = Evaluation(
+            name=eval_name,
+            protocol=str(spec.get("protocol", eval_name)),
+            runs=tuple(run for group in wanted for run in groups[group]),
+            options=dict(spec.get("options") or {}),
+            resources=dict(spec.get("resources") or {}),
+        )
+    output = Path(tree.get("output") or Path("results") / name)
+    experiment = Experiment(
+        name=name,
+        launcher=launcher,
+        tracking_uri=tree.get("tracking_uri"),
+        output=output if output.is_absolute() else root / output,
+        runs=runs,
+        evaluations=evaluations,
+    )
+    for run in runs:  # every override must name a real key with an allowed value: fail before any job starts
+        try:
+            experiment.config_for(run)
+        except ConfigError as exc:
+            raise ConfigError(f"pretrain.{runs[run].group} (run {run}): {exc}") from None
+    return experiment

@@ -1,0 +1,15 @@
+# Pretraining: one job per expanded run (config x grid x seed), launched through mec.launch.
+
+rule pretrain:
+    input:
+        rules.mlflow_experiment.output,
+    output:
+        f"{OUT}/pretrain/{{run}}/pretrain.json",
+    resources:
+        nodes=lambda wc: EXPERIMENT.run(wc.run).resources.get("nodes", 1),
+        gpus_per_node=lambda wc: EXPERIMENT.run(wc.run).resources.get("gpus_per_node", 0),
+        cpus_per_task=lambda wc: EXPERIMENT.run(wc.run).resources.get("cpus_per_task", 2),
+        mem_mb=lambda wc: EXPERIMENT.run(wc.run).resources.get("mem_mb", 8000),
+        runtime=lambda wc: EXPERIMENT.run(wc.run).resources.get("runtime", 60),
+    run:
+        stages.pretrain(EXPERIMENT, wildcards.run, output[0], dict(resources))

@@ -1,0 +1,211 @@
+"""What the Snakemake rules call: one function per stage, each writing a small JSON record as the rule's output.
+
+The records (run id, metrics, where the job ran) are how Snakemake knows a stage is done; MLflow holds the
+full history. Every record is written atomically and only after the work and its logging succeeded, so an
+interrupted DAG reruns exactly the stages without a record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from evals import run_protocol
+from evals.job import EvalJob
+from mec import checkpoint as ckpt
+from mec.launch import LaunchRecord, LaunchSpec, launch
+from mec.tracking import (
+    default_artifact_location,
+    ensure_experiment,
+    log_params,
+    replay_journal,
+    resolve_tracking_uri,
+)
+from workflow.experiment import Experiment
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the evaluation under its pretraining run
+PRETRAIN_RUN_TAG = "mec.pretrain_run_id"
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def write_record(path: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write a rule's JSON output atomically (temp file + rename): a killed rule leaves no half record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(record, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RuntimeError(f"{path}: not a readable stage record ({exc}); delete it and rerun its rule") from None
+
+
+def tracking_client(experiment: Experiment) -> tuple[MlflowClient, str]:
+    uri = resolve_tracking_uri(experiment.tracking_uri)
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def create_experiment(experiment: Experiment, output: str | Path) -> dict[str, Any]:
+    """Create the MLflow experiment once, before any parallel job could race to create it."""
+    client, uri = tracking_client(experiment)
+    experiment_id = ensure_experiment(client, experiment.name, default_artifact_location(uri, experiment.name))
+    record = {"experiment": experiment.name, "experiment_id": experiment_id, "tracking_uri": uri}
+    write_record(output, record)
+    return record
+
+
+def _owned_run(client: MlflowClient, experiment_id: str, run_dir: Path, name: str, tags: dict[str, str],
+               resume_from: str | None = None) -> str:
+    """The MLflow run of a stage: the checkpoint's, else the one this stage created earlier, else a new one.
+
+    The id is kept in ``run_dir/mlflow_run_id`` as soon as the run exists, so a job that dies before its first
+    checkpoint still continues the same run when the rule runs again.
+    """
+    id_file = run_dir / RUN_ID_FILE
+    run_id = resume_from or (id_file.read_text().strip() if id_file.exists() else None)
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id + "\n")
+    else:
+        client.update_run(run_id, status="RUNNING")
+    return run_id
+
+
+def launch_spec(experiment: Experiment, resources: Mapping[str, Any], folder: Path, job_name: str) -> LaunchSpec:
+    return LaunchSpec.from_resources(resources, cluster=experiment.launcher, folder=folder, job_name=job_name)
+
+
+def _record_launch(client: MlflowClient, run_id: str) -> Any:
+    def on_submit(record: LaunchRecord) -> None:
+        log.info("%s job %s started for run %s (log %s)", record.cluster, record.job_id, run_id, record.stdout)
+        client.log_batch(run_id, tags=[_tag(k, v) for k, v in record.as_tags().items()])
+
+    return on_submit
+
+
+def _tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
+def pretrain_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Body of a pretraining job (pickled by submitit): resume or start, export the backbone."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mec.config import build_config
+    from mec.train import pretrain
+
+    result = pretrain(build_config(config_tree), run_id=run_id)
+    return {"run_id": result.run_id, "backbone": str(result.backbone_path), "metrics": result.metrics}
+
+
+def pretrain(experiment: Experiment, run: str, output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
+    """Pretrain one run of the experiment through the launcher and write its record."""
+    cfg = experiment.config_for(run)
+    run_dir = experiment.pretrain_dir(run)
+    client, _ = tracking_client(experiment)
+    experiment_id = ensure_experiment(client, experiment.name)
+    resumable = ckpt.find_resumable(run_dir / "checkpoints")
+    resume_from = resumable[1].get(ckpt.RUN_ID_KEY) if resumable else None
+    run_id = _owned_run(client, experiment_id, run_dir, run,
+                        {"mec.stage": "pretrain", "mec.run": run, "mec.group": experiment.run(run).group},
+                        resume_from=resume_from)
+    # Params and the resolved config are logged here, where the store is reachable; the job may not reach it.
+    log_params(client, run_id, cfg.flat())
+    client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+    spec = launch_spec(experiment, resources, run_dir / "submitit", f"pretrain-{run}")
+    result, record = launch(pretrain_job, cfg.model_dump(mode="json"), run_id, spec=spec,
+                            on_submit=_record_launch(client, run_id))
+    # Whatever the job could not deliver (server away, killed between flushes) goes now.
+    replay_journal(client, run_id, run_dir / "metrics.jsonl")
+    backbone = Path(result["backbone"])
+    if not any(a.path == "backbone" for a in client.list_artifacts(run_id)):
+        client.log_artifact(run_id, str(backbone), "backbone")
+    client.set_terminated(run_id, "FINISHED")
+    out = {
+        "run": run,
+        "run_id": run_id,
+        "backbone": str(backbone.resolve()),
+        "config": cfg.model_dump(mode="json"),
+        "metrics": result["metrics"],
+        "launch": record.as_dict(),
+    }
+    write_record(output, out)
+    return out
+
+
+def evaluate(experiment: Experiment, evaluation: str, run: str, pretrain_record: str | Path, output: str | Path,
+             resources: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one evaluation protocol on one pretraining run's backbone, as a nested MLflow run."""
+    spec_eval = experiment.evaluation(evaluation)
+    pre = read_record(pretrain_record)
+    out_dir = experiment.eval_dir(evaluation, run)
+    client, uri = tracking_client(experiment)
+    experiment_id = ensure_experiment(client, experiment.name)
+    tags = {
+        "mec.stage": "evaluate",
+        "mec.evaluation": evaluation,
+        "mec.protocol": spec_eval.protocol,
+        "mec.run": run,
+        PRETRAIN_RUN_TAG: pre["run_id"],
+        PARENT_RUN_TAG: pre["run_id"],
+    }
+    run_id = _owned_run(client, experiment_id, out_dir, f"{evaluation}/{run}", tags)
+    log_params(client, run_id, {f"eval.{k}": v for k, v in spec_eval.options.items()}
+               | {"eval.protocol": spec_eval.protocol, "eval.backbone": pre["backbone"]})
+    job = EvalJob(
+        protocol=spec_eval.protocol,
+        backbone=pre["backbone"],
+        config=pre["config"],
+        output_dir=str(out_dir.resolve()),
+        feature_cache=str((experiment.output / "features").resolve()),
+        options=spec_eval.options,
+        run_id=run_id,
+        tracking_uri=uri,
+        experiment=experiment.name,
+    )
+    spec = launch_spec(experiment, resources, out_dir / "submitit", f"{evaluation}-{run}")
+    metrics, record = launch(run_protocol, job, spec=spec, on_submit=_record_launch(client, run_id))
+    replay_journal(client, run_id, out_dir / "metrics.jsonl")
+    client.set_terminated(run_id, "FINISHED")
+    out = {
+        "evaluation": evaluation,
+        "protocol": spec_eval.protocol,
+        "run": run,
+        "run_id": run_id,
+        "pretrain_run_id": pre["run_id"],
+        "metrics": metrics,
+        "launch": record.as_dict(),
+    }
+    write_record(output, out)
+    return out
+
+
+
+def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
+    """The experiment's summary table (Markdown + CSV with run ids), read back from MLflow."""
+    from mec.tables import write_summary
+
+    paths = write_summary(experiment.name, Path(output_md).parent, experiment.tracking_uri)
+    log.info("tables: %s", ", ".join(map(str, paths.values())))
+    return paths

@@ -23,6 +23,7 @@ import contextlib
 import os
 import shlex
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -164,7 +165,9 @@ def inside_slurm_allocation() -> bool:
 def _executor(spec: LaunchSpec) -> submitit.Executor:
     folder = Path(spec.folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    executor = submitit.AutoExecutor(folder=folder, cluster=spec.cluster)
+    # How often a job may be requeued after hitting its time limit (preemptions are not counted).
+    extra_init = {"slurm_max_num_timeout": spec.max_requeues} if spec.cluster == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=spec.cluster, **extra_init)
     params: dict[str, Any] = {
         "name": spec.job_name,
         "timeout_min": spec.timeout_min,
@@ -176,7 +179,6 @@ def _executor(spec: LaunchSpec) -> submitit.Executor:
     if spec.mem_gb is not None:
         params["mem_gb"] = spec.mem_gb
     if spec.cluster == "slurm":
-        params["slurm_max_num_timeout"] = spec.max_requeues
         if spec.partition:
             params["slurm_partition"] = spec.partition
         if spec.account:
@@ -189,6 +191,21 @@ def _executor(spec: LaunchSpec) -> submitit.Executor:
             params["slurm_setup"] = list(spec.setup)
     executor.update_parameters(**params)
     return executor
+
+
+SLURM_FAILED_STATES = {"CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+RESULT_GRACE_S = 30.0  # a finished job's result file may reach a shared file system a little late
+
+
+def _squeue_state(job_id: str | None) -> str | None:
+    if not job_id:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id.split("_")[0], "-o", "%T"],
+                             capture_output=True, text=True, timeout=30, check=False).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out[0] if out else None
 
 
 class _Interrupted(BaseException):
@@ -249,8 +266,16 @@ def launch(
     if on_submit is not None:
         on_submit(record)
     with _cancel_on_interrupt(job):
+        ended_at = None
         while not job.done():
             time.sleep(poll_s)
+            # submitit learns of a job killed outside Python (scancel, OOM, node failure) only from sacct,
+            # which clusters without accounting lack: ask squeue too, and give up once the job is over and
+            # has left no result behind.
+            if spec.cluster == "slurm" and _squeue_state(record.job_id) in SLURM_FAILED_STATES:
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at > RESULT_GRACE_S:
+                    break
     try:
         return job.result(), record
     except Exception as exc:  # submitit wraps the job's traceback in FailedJobError / UncompletedJobError

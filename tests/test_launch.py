@@ -7,7 +7,6 @@ import pytest
 
 from mec.launch import LaunchError, LaunchSpec, launch, parse_sbatch_options
 
-
 # Jobs run in other processes, which import the function by name: stdlib functions, not test-module ones.
 square = math.factorial
 environment = os.getenv

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_MODEL, write_image_folder
 from mlflow.tracking import MlflowClient
 
 from workflow import stages
 from workflow.experiment import build_experiment
-
-from conftest import TINY_MODEL, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -40,8 +39,8 @@ def slurm_cluster():
     subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, timeout=300, check=False)
 
 
-def _experiment(tmp_path: Path, epochs: int = 2, launcher: str = "slurm") -> dict:
-    data = write_image_folder(tmp_path / "data", per_class=16, size=16)
+def _experiment(tmp_path: Path, epochs: int = 2, launcher: str = "slurm", per_class: int = 16) -> dict:
+    data = write_image_folder(tmp_path / "data", per_class=per_class, size=16)
     mec_config = tmp_path / "tiny.yaml"
     mec_config.write_text(yaml.safe_dump({
         "name": "tiny",
@@ -63,7 +62,17 @@ def _experiment(tmp_path: Path, epochs: int = 2, launcher: str = "slurm") -> dic
     }
 
 
-def _job_field(job_id: str, field: str) -> str:
+def _job_field(job_id: str, field: str, wait_for: str | None = None) -> str:
+    """A field of `scontrol show job`; with ``wait_for``, poll up to 60 s until it has that value."""
+    deadline = time.monotonic() + 60
+    value = _read_job_field(job_id, field)
+    while wait_for is not None and value != wait_for and time.monotonic() < deadline:
+        time.sleep(0.5)
+        value = _read_job_field(job_id, field)
+    return value
+
+
+def _read_job_field(job_id: str, field: str) -> str:
     out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=False).stdout
     for token in out.split():
         if token.startswith(f"{field}="):
@@ -82,7 +91,7 @@ def test_submitit_pretraining_job_runs_on_slurm_and_is_recorded(slurm_cluster, t
     record = stages.pretrain(exp, "a_s0", tmp_path / "pretrain.json", _resources(tree))
     job_id = record["launch"]["job_id"]
     assert record["launch"]["cluster"] == "slurm" and job_id.isdigit()
-    assert _job_field(job_id, "JobState") == "COMPLETED"
+    assert _job_field(job_id, "JobState", wait_for="COMPLETED") == "COMPLETED"
     assert _job_field(job_id, "JobName") == "pretrain-a_s0"
     assert Path(record["launch"]["stdout"]).exists()
     client = MlflowClient(tree["tracking_uri"])
@@ -94,7 +103,9 @@ def test_submitit_pretraining_job_runs_on_slurm_and_is_recorded(slurm_cluster, t
 
 
 def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_run(slurm_cluster, tmp_path):
-    tree = _experiment(tmp_path, epochs=12)
+    # 16 steps per epoch, 60 epochs: about 20 s of training, so the job is still running when SLURM's
+    # SIGTERM (which submitit ignores) is followed by SIGKILL 5 s later (KillWait).
+    tree = _experiment(tmp_path, epochs=60, per_class=64)
     exp = build_experiment(tree)
     stages.create_experiment(exp, tmp_path / "exp.json")
     run_dir = exp.pretrain_dir("a_s0")
@@ -140,7 +151,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_run(slurm_clus
     client = MlflowClient(tree["tracking_uri"])
     assert client.get_run(record["run_id"]).info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(record["run_id"], "train/loss"))
-    assert steps == list(range(1, 12 * 4 + 1))  # nothing lost, nothing twice
+    assert steps == list(range(1, 60 * 16 + 1))  # nothing lost, nothing twice
     assert len(client.search_runs([client.get_experiment_by_name("slurm-test").experiment_id])) == 1
 
 
@@ -161,7 +172,7 @@ def test_snakemake_profile_slurm_runs_the_dag_through_slurm(slurm_cluster, tmp_p
     for record, name in ((pre, "pretrain-a_s0"), (ev, "knn-a_s0")):
         assert record["launch"]["cluster"] == "slurm"
         assert _job_field(record["launch"]["job_id"], "JobName") == name
-        assert _job_field(record["launch"]["job_id"], "JobState") == "COMPLETED"
+        assert _job_field(record["launch"]["job_id"], "JobState", wait_for="COMPLETED") == "COMPLETED"
     listed = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %j %T"], capture_output=True, text=True,
                             check=False).stdout
     assert f"{pre['launch']['job_id']} pretrain-a_s0 COMPLETED" in listed

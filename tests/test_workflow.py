@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_MODEL, write_image_folder
 from mlflow.tracking import MlflowClient
 
 from mec.config import ConfigError
 from workflow.experiment import build_experiment
-
-from conftest import TINY_MODEL, write_image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -92,7 +92,11 @@ class Experiment:
         if self.tracking_uri:
             owned.append(f"tracking.tracking_uri={self.tracking_uri}")
         owned += [f"{key}={_as_override_value(value)}" for key, value in extra.items()]
-        return load_config(spec.config, spec.override_args() + owned)
+        cfg = load_config(spec.config, spec.override_args() + owned)
+        # Jobs may start in another directory (sbatch, submitit): a relative data root means the workflow's.
+        if not Path(cfg.data.root).is_absolute():
+            cfg = load_config(spec.config, [*spec.override_args(), *owned, f"data.root={Path(cfg.data.root).resolve()}"])
+        return cfg
 
 
 def _as_override_value(value: Any) -> str:

@@ -121,9 +121,10 @@ def pretrain_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
 
 def pretrain(experiment: Experiment, run: str, output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
     """Pretrain one run of the experiment through the launcher and write its record."""
-    cfg = experiment.config_for(run)
+    client, uri = tracking_client(experiment)
+    # The job logs to the store this rule resolved, wherever it starts.
+    cfg = experiment.config_for(run, **{"tracking.tracking_uri": uri})
     run_dir = experiment.pretrain_dir(run)
-    client, _ = tracking_client(experiment)
     experiment_id = ensure_experiment(client, experiment.name)
     resumable = ckpt.find_resumable(run_dir / "checkpoints")
     resume_from = resumable[1].get(ckpt.RUN_ID_KEY) if resumable else None

@@ -8,6 +8,8 @@ from typing import Any
 # protocol name -> module whose `evaluate(EvalJob)` runs it
 PROTOCOLS = {
     "knn": "evals.knn",
+    "linear_probe": "evals.linear_probe",
+    "finetune": "evals.finetune",
 }
 
 

@@ -277,7 +277,7 @@ def launch(
                 if time.monotonic() - ended_at > RESULT_GRACE_S:
                     break
     try:
-        return job.result(), record
+        return job.results()[0], record  # rank 0's result; every task of a DDP job returns one
     except Exception as exc:  # submitit wraps the job's traceback in FailedJobError / UncompletedJobError
         raise LaunchError(
             f"{spec.cluster} job {record.job_id} ({spec.job_name}) failed; its log is {record.stderr}:\n{exc}"

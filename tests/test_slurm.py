@@ -186,3 +186,18 @@ def test_the_profile_is_found_from_the_repository_root_as_written():
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pretrain" in proc.stdout
+
+
+def test_a_two_task_job_trains_with_ddp_set_up_from_slurms_environment(slurm_cluster, tmp_path):
+    # One task per GPU on a real cluster; here two CPU tasks on the one node, joined by gloo.
+    tree = _experiment(tmp_path)
+    exp = build_experiment(tree)
+    stages.create_experiment(exp, tmp_path / "exp.json")
+    resources = _resources(tree) | {"tasks_per_node": 2, "cpus_per_task": 1, "mem_mb": 1000}
+    record = stages.pretrain(exp, "a_s0", tmp_path / "pretrain.json", resources)
+    client = MlflowClient(tree["tracking_uri"])
+    run = client.get_run(record["run_id"])
+    assert run.data.tags["env.world_size"] == "2"
+    assert run.info.status == "FINISHED"
+    # the global batch (8) is split over the two ranks: still 4 steps per epoch, each logged once by rank 0
+    assert sorted(m.step for m in client.get_metric_history(record["run_id"], "train/loss")) == list(range(1, 9))

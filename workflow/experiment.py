@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals import PROTOCOLS
 from mec.config import Config, ConfigError, load_config
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -30,6 +31,7 @@ class PretrainRun:
     overrides: dict[str, Any]
     seed: int
     resources: dict[str, Any] = field(default_factory=dict)
+    random_init: bool = False  # a baseline: the same backbone, randomly initialised, never trained
 
     def override_args(self) -> list[str]:
         return [f"{key}={_as_override_value(value)}" for key, value in self.overrides.items()]
@@ -44,6 +46,7 @@ class Evaluation:
     runs: tuple[str, ...]
     options: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)
+    fraction: float | None = None  # class-balanced label subset (few-label probe, semi-supervised)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ def _grid_runs(group: str, spec: Mapping[str, Any]) -> list[PretrainRun]:
                     overrides=overrides,
                     seed=int(seed),
                     resources=dict(spec.get("resources") or {}),
+                    random_init=bool(spec.get("random_init", False)),
                 )
             )
     return runs
@@ -177,7 +181,11 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
             runs=tuple(run for group in wanted for run in groups[group]),
             options=dict(spec.get("options") or {}),
             resources=dict(spec.get("resources") or {}),
+            fraction=spec.get("fraction"),
         )
+        if evaluations[eval_name].protocol not in PROTOCOLS:
+            raise ConfigError(f"evaluate.{eval_name}.protocol: {evaluations[eval_name].protocol!r} is not one of "
+                              f"{sorted(PROTOCOLS)}")
     output = Path(tree.get("output") or Path("results") / name)
     experiment = Experiment(
         name=name,

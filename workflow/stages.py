@@ -119,6 +119,25 @@ def pretrain_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
     return {"run_id": result.run_id, "backbone": str(result.backbone_path), "metrics": result.metrics}
 
 
+def random_init_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Export the config's backbone, randomly initialised with the run's seed (every residual branch active)."""
+    import torch
+
+    from mec.config import build_config
+    from mec.train import build_backbone_from_config
+
+    cfg = build_config(config_tree)
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone_from_config(cfg, zero_init_residual=False)
+    path = Path(cfg.train.output_dir) / "backbone.pt"
+    m = cfg.model
+    ckpt.export_backbone(backbone.state_dict(), path, {
+        "arch": m.arch, "width": m.width, "cifar_stem": m.cifar_stem, "feature_dim": backbone.feature_dim,
+        "source_checkpoint": "random_init", "mlflow_run_id": run_id, "config_name": cfg.name,
+    })
+    return {"run_id": run_id, "backbone": str(path), "metrics": {}}
+
+
 def pretrain(experiment: Experiment, run: str, output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
     """Pretrain one run of the experiment through the launcher and write its record."""
     client, uri = tracking_client(experiment)
@@ -134,8 +153,15 @@ def pretrain(experiment: Experiment, run: str, output: str | Path, resources: Ma
     # Params and the resolved config are logged here, where the store is reachable; the job may not reach it.
     log_params(client, run_id, cfg.flat())
     client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
-    spec = launch_spec(experiment, resources, run_dir / "submitit", f"pretrain-{run}")
-    result, record = launch(pretrain_job, cfg.model_dump(mode="json"), run_id, spec=spec,
+    if experiment.run(run).random_init:
+        # A baseline costs a second: no job, the rule exports it (same network, standard init).
+        client.set_tag(run_id, "mec.baseline", "random_init")
+        spec = LaunchSpec(cluster="inline")
+        job_fn = random_init_job
+    else:
+        spec = launch_spec(experiment, resources, run_dir / "submitit", f"pretrain-{run}")
+        job_fn = pretrain_job
+    result, record = launch(job_fn, cfg.model_dump(mode="json"), run_id, spec=spec,
                             on_submit=_record_launch(client, run_id))
     # Whatever the job could not deliver (server away, killed between flushes) goes now.
     replay_journal(client, run_id, run_dir / "metrics.jsonl")
@@ -172,19 +198,22 @@ def evaluate(experiment: Experiment, evaluation: str, run: str, pretrain_record:
         PARENT_RUN_TAG: pre["run_id"],
     }
     run_id = _owned_run(client, experiment_id, out_dir, f"{evaluation}/{run}", tags)
-    log_params(client, run_id, {f"eval.{k}": v for k, v in spec_eval.options.items()}
-               | {"eval.protocol": spec_eval.protocol, "eval.backbone": pre["backbone"]})
+    options = dict(spec_eval.options)
+    if spec_eval.fraction is not None and "split" not in options:
+        options["split"] = str(label_split(experiment, pre["config"], spec_eval.fraction).resolve())
     job = EvalJob(
         protocol=spec_eval.protocol,
         backbone=pre["backbone"],
         config=pre["config"],
         output_dir=str(out_dir.resolve()),
         feature_cache=str((experiment.output / "features").resolve()),
-        options=spec_eval.options,
+        options=options,
         run_id=run_id,
         tracking_uri=uri,
         experiment=experiment.name,
     )
+    log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
+               | {"eval.protocol": spec_eval.protocol, "eval.backbone": pre["backbone"]})
     spec = launch_spec(experiment, resources, out_dir / "submitit", f"{evaluation}-{run}")
     metrics, record = launch(run_protocol, job, spec=spec, on_submit=_record_launch(client, run_id))
     replay_journal(client, run_id, out_dir / "metrics.jsonl")
@@ -201,6 +230,33 @@ def evaluate(experiment: Experiment, evaluation: str, run: str, pretrain_record:
     write_record(output, out)
     return out
 
+
+
+def label_split(experiment: Experiment, config_tree: dict[str, Any], fraction: float, seed: int = 0) -> Path:
+    """The class-balanced ``fraction`` subset of the run's training set, written once and shared by every run.
+
+    The file is named by the data identity, so runs on the same data (all methods, all seeds) read the same
+    images; it is never rewritten once it exists.
+    """
+    import hashlib
+
+    from evals.splits import balanced_subset, split_lines_for, write_split
+    from mec.config import build_config
+    from mec.data import build_eval_dataset
+
+    data = build_config(config_tree).data
+    identity = json.dumps({"name": data.name, "root": str(Path(data.root).resolve()),
+                           "digits": data.digits_params() if data.name == "digits" else None}, sort_keys=True)
+    tag = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    path = experiment.output / "splits" / f"{data.name}-{tag}-{fraction:g}-seed{seed}.txt"
+    if path.exists():
+        return path
+    dataset = build_eval_dataset(data.name, data.root, None, "train", download=data.download,
+                                 digits_params=data.digits_params())
+    samples = getattr(dataset, "samples", None)
+    indices = balanced_subset(list(dataset.targets), fraction, seed)
+    root = Path(dataset.root) if samples is not None else None
+    return write_split(path, split_lines_for(samples, root, indices))
 
 
 def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:

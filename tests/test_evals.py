@@ -1,0 +1,135 @@
+"""Evaluation protocols on small real-format data: kNN with its feature cache, linear probe, fine-tuning, splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.datasets.cifar
+from conftest import TINY_MODEL, write_image_folder
+from mlflow.tracking import MlflowClient
+from test_data import _write_cifar10
+
+from evals import run_protocol
+from evals.job import EvalJob
+from evals.splits import (
+    SplitError,
+    balanced_subset,
+    resolve_split,
+    verify_simclr_split,
+    write_split,
+)
+from mec.checkpoint import MissingBackboneKeysError, export_backbone
+from mec.config import build_config
+from mec.tracking import RunLogger
+from mec.train import build_backbone_from_config
+
+
+def _config(data: dict) -> dict:
+    return build_config({"name": "tiny", "data": {"num_workers": 0, "augment": "digits", "image_size": 16} | data,
+                         "model": TINY_MODEL}).model_dump(mode="json")
+
+
+def _backbone(path: Path, config: dict, drop: str | None = None) -> Path:
+    torch.manual_seed(0)
+    net = build_backbone_from_config(build_config(config), zero_init_residual=False)
+    state = {k: v for k, v in net.state_dict().items() if drop is None or not k.startswith(drop)}
+    return export_backbone(state, path, {"arch": "resnet18"})
+
+
+def _job(tmp_path: Path, protocol: str, config: dict, backbone: Path, **options) -> EvalJob:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / protocol
+    run = RunLogger.open(experiment="evals", run_name=protocol, journal=out / "metrics.jsonl", tracking_uri=uri)
+    return EvalJob(protocol=protocol, backbone=str(backbone), config=config, output_dir=str(out),
+                   feature_cache=str(tmp_path / "features"), options=options, run_id=run.run_id,
+                   tracking_uri=uri, experiment="evals")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("data"), per_class=12, size=16)
+
+
+def test_knn_extracts_features_once_per_backbone_and_split(tmp_path, folder, caplog):
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    backbone = _backbone(tmp_path / "b.pt", config)
+    first = run_protocol(_job(tmp_path, "knn", config, backbone, k=[3]))
+    assert first["knn/features_reused"] == 0.0 and 0.0 <= first["knn/top1_k3"] <= 1.0
+    caplog.set_level("INFO")
+    second = run_protocol(_job(tmp_path, "knn", config, backbone, k=[3, 5]))
+    assert second["knn/features_reused"] == 1.0
+    assert second["knn/top1_k3"] == first["knn/top1_k3"]
+    assert "reusing cached train features" in caplog.text
+    assert len(list((tmp_path / "features").glob("*.pt"))) == 2
+    # A different backbone file is never served another's features.
+    other = _backbone(tmp_path / "other.pt", config, drop=None)
+    torch.save(torch.load(other, weights_only=True) | {"metadata": {"arch": "resnet18", "v": 2}}, other)
+    assert run_protocol(_job(tmp_path, "knn", config, other, k=[3]))["knn/features_reused"] == 0.0
+
+
+def test_linear_probe_logs_each_epoch_and_resumes_instead_of_retraining(tmp_path, folder, caplog):
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    backbone = _backbone(tmp_path / "b.pt", config)
+    job = _job(tmp_path, "linear_probe", config, backbone, epochs=2, batch_size=8)
+    metrics = run_protocol(job)
+    assert set(metrics) == {"linear/top1_best", "linear/top1_last", "linear/top5_last", "linear/train_images"}
+    assert metrics["linear/train_images"] == 24
+    client = MlflowClient(job.tracking_uri)
+    assert len(client.get_metric_history(job.run_id, "linear/top1")) == 2
+    assert client.get_run(job.run_id).data.tags["linear.backbone_keys_loaded"].split("/")[0] == \
+        client.get_run(job.run_id).data.tags["linear.backbone_keys_loaded"].split("/")[1]
+    caplog.set_level("INFO")
+    again = run_protocol(job)
+    assert "resuming from" in caplog.text and again["linear/top1_best"] == metrics["linear/top1_best"]
+    assert len(client.get_metric_history(job.run_id, "linear/top1")) == 2  # nothing logged twice
+
+
+def test_linear_probe_reads_real_cifar_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    _write_cifar10(tmp_path / "cifar", images_per_file=8)
+    config = _config({"name": "cifar10", "root": str(tmp_path / "cifar"), "augment": "cifar", "image_size": 32})
+    metrics = run_protocol(_job(tmp_path, "linear_probe", config, _backbone(tmp_path / "b.pt", config),
+                                epochs=1, batch_size=8))
+    assert metrics["linear/train_images"] == 40 and 0.0 <= metrics["linear/top5_last"] <= 1.0
+
+
+def test_a_backbone_file_with_missing_keys_fails_loudly(tmp_path, folder):
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    broken = _backbone(tmp_path / "broken.pt", config, drop="layer4.")
+    with pytest.raises(MissingBackboneKeysError, match=r"broken\.pt.*missing .*layer4\."):
+        run_protocol(_job(tmp_path, "linear_probe", config, broken, epochs=1, batch_size=8))
+
+
+def test_finetune_trains_on_the_split_and_names_a_missing_image(tmp_path, folder):
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    backbone = _backbone(tmp_path / "b.pt", config)
+    split = write_split(tmp_path / "split.txt", ["disc/000.png", "disc/001.png", "bar/000.png", "bar/001.png"])
+    metrics = run_protocol(_job(tmp_path, "finetune", config, backbone, split=str(split), epochs=1, batch_size=4))
+    assert metrics["finetune_split/train_images"] == 4
+    bad = write_split(tmp_path / "bad.txt", ["disc/000.png", "disc/999.png"])
+    with pytest.raises(SplitError, match=r"bad\.txt:2: image 'disc/999\.png' is not in"):
+        run_protocol(_job(tmp_path, "finetune", config, backbone, split=str(bad), epochs=1, batch_size=4))
+    with pytest.raises(ValueError, match="options.split"):
+        run_protocol(_job(tmp_path, "finetune", config, backbone, epochs=1))
+
+
+def test_simclr_style_lists_resolve_by_file_name_and_are_checked(tmp_path):
+    samples = [(str(tmp_path / "train" / "n01" / "n01_1.JPEG"), 0), (str(tmp_path / "train" / "n02" / "n02_7.JPEG"), 1)]
+    listed = write_split(tmp_path / "list.txt", ["n02_7.JPEG", "n01_1.JPEG"])
+    assert resolve_split(listed, samples, tmp_path / "train") == [1, 0]
+    missing = write_split(tmp_path / "list2.txt", ["n01_1.JPEG", "n03_5.JPEG"])
+    with pytest.raises(SplitError, match=r"list2\.txt:2: image 'n03_5\.JPEG' is missing \(expected .*n03/n03_5\.JPEG\)"):
+        resolve_split(missing, samples, tmp_path / "train")
+    fake = write_split(tmp_path / "1percent.txt", ["n01_1.JPEG"])
+    with pytest.raises(SplitError, match="does not match SimCLR's published list"):
+        verify_simclr_split(fake)
+
+
+def test_balanced_subsets_are_deterministic_and_cover_every_class():
+    targets = [c for c in range(10) for _ in range(50)]
+    subset = balanced_subset(targets, 0.1, seed=3)
+    assert subset == balanced_subset(targets, 0.1, seed=3) != balanced_subset(targets, 0.1, seed=4)
+    assert sorted({targets[i] for i in subset}) == list(range(10)) and len(subset) == 50
+    assert len(balanced_subset(targets, 0.001)) == 10  # at least one image per class

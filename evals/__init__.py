@@ -10,6 +10,7 @@ PROTOCOLS = {
     "knn": "evals.knn",
     "linear_probe": "evals.linear_probe",
     "finetune": "evals.finetune",
+    "tsne": "evals.tsne",
 }
 
 

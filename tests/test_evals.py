@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar
@@ -133,3 +134,24 @@ def test_balanced_subsets_are_deterministic_and_cover_every_class():
     assert subset == balanced_subset(targets, 0.1, seed=3) != balanced_subset(targets, 0.1, seed=4)
     assert sorted({targets[i] for i in subset}) == list(range(10)) and len(subset) == 50
     assert len(balanced_subset(targets, 0.001)) == 10  # at least one image per class
+
+
+def test_tsne_embeds_cached_features_and_draws_a_png(tmp_path, folder):
+    from PIL import Image
+
+    from evals.tsne import plot_panels
+
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    backbone = _backbone(tmp_path / "b.pt", config)
+    run_protocol(_job(tmp_path, "knn", config, backbone, k=[3]))
+    job = _job(tmp_path, "tsne", config, backbone, max_points=20)
+    metrics = run_protocol(job)
+    assert metrics == {"tsne/points": 20.0, "tsne/features_reused": 1.0}  # extracted once, by kNN
+    embedding = np.load(Path(job.output_dir) / "embedding.npz")
+    assert embedding["points"].shape == (20, 2) and sorted(set(embedding["labels"])) == [0, 1]
+    artifacts = [a.path for a in MlflowClient(job.tracking_uri).list_artifacts(job.run_id, "tsne")]
+    assert "tsne/tsne.png" in artifacts
+    two = plot_panels([("eps 0.12", embedding["points"], embedding["labels"]),
+                       ("eps 0.01", embedding["points"], embedding["labels"])], tmp_path / "fig.png")
+    with Image.open(two) as image:
+        assert image.size[0] > image.size[1] > 100

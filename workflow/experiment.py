@@ -195,9 +195,9 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
         runs=runs,
         evaluations=evaluations,
     )
-    for run in runs:  # every override must name a real key with an allowed value: fail before any job starts
+    for name, run in runs.items():  # every override must name a real key with an allowed value, before any job
         try:
-            experiment.config_for(run)
+            experiment.config_for(name)
         except ConfigError as exc:
-            raise ConfigError(f"pretrain.{runs[run].group} (run {run}): {exc}") from None
+            raise ConfigError(f"pretrain.{run.group} (run {name}): {exc}") from None
     return experiment

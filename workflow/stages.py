@@ -264,5 +264,32 @@ def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
     from mec.tables import write_summary
 
     paths = write_summary(experiment.name, Path(output_md).parent, experiment.tracking_uri)
-    log.info("tables: %s", ", ".join(map(str, paths.values())))
+    paths |= tsne_figures(experiment)
+    log.info("tables and figures: %s", ", ".join(map(str, paths.values())))
     return paths
+
+
+def tsne_figures(experiment: Experiment) -> dict[str, Path]:
+    """One multi-panel PNG per t-SNE evaluation (a panel per run, titled with its eps), also logged to MLflow."""
+    import numpy as np
+
+    from evals.tsne import plot_panels
+
+    figures: dict[str, Path] = {}
+    for evaluation in experiment.evaluations.values():
+        if evaluation.protocol != "tsne":
+            continue
+        panels = []
+        for run in evaluation.runs:
+            embedding = np.load(experiment.eval_dir(evaluation.name, run) / "embedding.npz")
+            eps = read_record(experiment.pretrain_record(run))["config"]["loss"]["eps"]
+            panels.append((f"{run} (eps = {eps:g})", embedding["points"], embedding["labels"]))
+        path = plot_panels(panels, experiment.output / "figures" / f"{evaluation.name}.png")
+        figures[f"figure:{evaluation.name}"] = path
+        client, _ = tracking_client(experiment)
+        experiment_id = ensure_experiment(client, experiment.name)
+        run_id = _owned_run(client, experiment_id, experiment.output / "figures", "figures",
+                            {"mec.stage": "figures"})
+        client.log_artifact(run_id, str(path), "figures")
+        client.set_terminated(run_id, "FINISHED")
+    return figures

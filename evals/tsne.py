@@ -1,0 +1,72 @@
+"""t-SNE of frozen training-set features (paper Figure 4, appendix B), with openTSNE.
+
+Per backbone: the training-set features (from the shared cache, so kNN and t-SNE extract them once), at most
+``max_points`` of them (a class-balanced, seeded subset; the paper embeds all 50,000 CIFAR-10 images, which
+``max_points: null`` does), embedded in 2-D and saved as ``embedding.npz`` and a PNG coloured by class. The
+study's multi-panel figure (e.g. eps = 0.12 next to eps = 0.01) is drawn from these files by the tables stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evals.features import cached_features
+from evals.job import EvalJob
+from evals.splits import balanced_subset
+
+
+def embed(features: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
+    from openTSNE import TSNE
+
+    # n_jobs=1: faster than 2 on a loaded 2-core machine (measured), and deterministic with the seed.
+    perplexity = min(perplexity, max(2.0, (len(features) - 1) / 3))
+    return np.asarray(TSNE(perplexity=perplexity, random_state=seed, n_jobs=1).fit(features))
+
+
+def plot_panels(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, class_names: list[str] | None = None) -> Path:
+    """One scatter panel per (title, 2-D points, labels), side by side, coloured by class; written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+    for ax, (title, points, labels) in zip(axes[0], panels, strict=True):
+        scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=3, alpha=0.8)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, _ = scatter.legend_elements()
+    names = class_names or [str(i) for i in range(len(handles))]
+    fig.legend(handles, names[: len(handles)], loc="lower center", ncol=min(10, len(handles)), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def evaluate(job: EvalJob) -> dict[str, float]:
+    cfg = job.cfg
+    max_points = job.option("max_points", 2000)
+    seed = int(job.option("seed", 0))
+    train, reused = cached_features(Path(job.backbone), cfg, "train", Path(job.feature_cache))
+    labels = train.labels.numpy()
+    feats = train.features.numpy()
+    if max_points is not None and len(labels) > max_points:
+        keep = np.asarray(balanced_subset(labels, max_points / len(labels), seed))
+        feats, labels = feats[keep], labels[keep]
+    points = embed(feats, seed, float(job.option("perplexity", 30.0)))
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "embedding.npz", points=points, labels=labels)
+    png = plot_panels([(Path(job.output_dir).name, points, labels)], out / "tsne.png")
+    metrics = {"tsne/points": float(len(labels)), "tsne/features_reused": float(reused)}
+    logger = job.open_logger()
+    logger.log_metrics(metrics, step=0)
+    logger.try_("log the t-SNE figure", logger.log_artifact, png, "tsne")
+    logger.try_("log the embedding", logger.log_artifact, out / "embedding.npz", "tsne")
+    logger.close()
+    return metrics

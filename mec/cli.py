@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from mec.config import ConfigError, load_config, resolve_config_path
 
@@ -25,6 +26,28 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tables(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from mec.paper_tables import write_tables
+    from mec.tables import experiment_runs, write_summary
+    from mec.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    names = args.experiment or [e.name for e in MlflowClient(uri).search_experiments() if e.name != "Default"]
+    if not names:
+        raise FileNotFoundError(f"no MLflow experiments at {uri}")
+    runs = pd.concat([experiment_runs(name, uri) for name in names], ignore_index=True)
+    out = Path(args.out)
+    written = write_tables(runs, out)
+    for name in names:
+        written |= {f"summary:{name}": write_summary(name, out / "experiments" / name, uri)["md"]}
+    for label, path in written.items():
+        print(f"{label}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     pre.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     pre.set_defaults(run=_pretrain)
+    tables = commands.add_parser("tables", help="the paper's tables from MLflow runs, beside the published numbers")
+    tables.add_argument("--experiment", action="append", help="MLflow experiment(s) to read (default: all)")
+    tables.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite results/mlflow.db")
+    tables.add_argument("--out", default="results/tables", help="output folder (default: results/tables)")
+    tables.set_defaults(run=_tables)
     return parser
 
 
@@ -45,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, LookupError) as exc:
         print(f"mec: error: {exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:

@@ -261,9 +261,12 @@ def label_split(experiment: Experiment, config_tree: dict[str, Any], fraction: f
 
 def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
     """The experiment's summary table (Markdown + CSV with run ids), read back from MLflow."""
-    from mec.tables import write_summary
+    from mec.paper_tables import write_tables
+    from mec.tables import experiment_runs, write_summary
 
-    paths = write_summary(experiment.name, Path(output_md).parent, experiment.tracking_uri)
+    out_dir = Path(output_md).parent
+    paths = write_summary(experiment.name, out_dir, experiment.tracking_uri)
+    paths |= write_tables(experiment_runs(experiment.name, experiment.tracking_uri), out_dir / "paper")
     paths |= tsne_figures(experiment)
     log.info("tables and figures: %s", ", ".join(map(str, paths.values())))
     return paths

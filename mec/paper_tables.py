@@ -1,0 +1,283 @@
+"""The paper's tables rebuilt from MLflow runs, beside the published numbers (`mec/published.yaml`).
+
+Every cell is computed from the runs that match it: evaluation runs joined with the parameters of the
+pretraining run they evaluate. A cell fed by several runs (seeds) shows mean +- std; a cell with no run is
+"n/a", never zero; the CSV lists the run ids behind every cell. Percentages throughout (the runs log
+fractions). Tables whose protocols the pipeline does not run yet (detection, tracking, transfer, multi-crop)
+still print, with our side n/a, so a campaign shows what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+MISSING = "n/a"
+PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
+
+
+@dataclass
+class Cell:
+    """The values (percent) of one table cell and the runs they came from."""
+
+    values: list[float] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+
+    def text(self, digits: int = 1) -> str:
+        if not self.values:
+            return MISSING
+        if len(self.values) == 1:
+            return f"{self.mean:.{digits}f}"
+        return f"{self.mean:.{digits}f} +- {self.std:.{digits}f}"
+
+
+def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished evaluation runs with their pretraining run's params as ``pre:<key>`` columns."""
+    if runs.empty or "tag:mec.stage" not in runs:
+        return pd.DataFrame()
+    finished = runs[runs["status"] == "FINISHED"]
+    pre = finished[finished["tag:mec.stage"] == "pretrain"]
+    ev = finished[finished["tag:mec.stage"] == "evaluate"]
+    if ev.empty or pre.empty:
+        return pd.DataFrame()
+    params = [c for c in pre.columns if c.startswith("param:")]
+    parents = pre[["run_id", *params]].rename(columns={c: "pre:" + c[len("param:"):] for c in params})
+    parents = parents.rename(columns={"run_id": "tag:mec.pretrain_run_id"})
+    return ev.merge(parents, on="tag:mec.pretrain_run_id", how="inner")
+
+
+def _matching(df: pd.DataFrame, **equals: object) -> pd.DataFrame:
+    for column, wanted in equals.items():
+        if column not in df:
+            return df.iloc[0:0]
+        df = df[df[column].astype(str) == str(wanted)]
+    return df
+
+
+def _cell(df: pd.DataFrame, metric: str) -> Cell:
+    cell = Cell()
+    if metric not in df:
+        return cell
+    for _, row in df.iterrows():
+        value = row[metric]
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            cell.values.append(100.0 * float(value))
+            cell.run_ids.append(str(row["run_id"]))
+    return cell
+
+
+def _split_name(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    if "param:eval.split" not in df:
+        return df.iloc[0:0]
+    return df[df["param:eval.split"].astype(str).map(lambda p: Path(p).name) == name]
+
+
+def _no_split(df: pd.DataFrame) -> pd.DataFrame:
+    if "param:eval.split" not in df:
+        return df
+    return df[df["param:eval.split"].isna()]
+
+
+Spec = tuple[str, str, Cell]  # (row, column, cell)
+
+
+def table1(ev: pd.DataFrame) -> list[Spec]:
+    """ImageNet linear top-1 by pretraining epochs."""
+    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:data.augment": "imagenet"}))
+    return [(str(e), "top1", _cell(_matching(linear, **{"pre:optim.epochs": e}), "linear/top1_best"))
+            for e in (100, 200, 400, 800)]
+
+
+def table2(ev: pd.DataFrame) -> list[Spec]:
+    """Semi-supervised fine-tuning on SimCLR's 1% / 10% ImageNet subsets."""
+    tuned = _matching(ev, **{"tag:mec.protocol": "finetune", "pre:data.augment": "imagenet"})
+    out = []
+    for label, name in (("1%", "1percent"), ("10%", "10percent")):
+        rows = _split_name(tuned, f"{name}.txt")
+        out += [(label, "top1", _cell(rows, f"finetune_{name}/top1_last")),
+                (label, "top5", _cell(rows, f"finetune_{name}/top5_last"))]
+    return out
+
+
+def table3(ev: pd.DataFrame) -> list[Spec]:
+    """Detection transfer (Detectron2); the protocols are not in the pipeline yet."""
+    rows = []
+    for row, protocol in (("VOC07+12", "detection_voc0712"), ("VOC07", "detection_voc07"), ("COCO", "detection_coco")):
+        det = _matching(ev, **{"tag:mec.protocol": protocol})
+        for column in ("AP50", "AP", "AP75"):
+            rows.append((row, column, _cell(det, f"detection/{column}")))
+    rows.append(("COCO", "mask AP", _cell(_matching(ev, **{"tag:mec.protocol": "detection_coco"}), "detection/mask_AP")))
+    return rows
+
+
+def table4(ev: pd.DataFrame) -> list[Spec]:
+    """Tracking transfer (UniTrack); the protocols are not in the pipeline yet."""
+    cells = [("SOT", "AUC"), ("VOS", "J-mean"), ("MOT", "IDF1"), ("MOT", "HOTA"), ("MOTS", "IDF1"),
+             ("MOTS", "HOTA"), ("PoseTrack", "IDF1"), ("PoseTrack", "ID switches")]
+    return [(row, col, _cell(_matching(ev, **{"tag:mec.protocol": f"tracking_{row.lower()}"}), f"tracking/{col}"))
+            for row, col in cells]
+
+
+ABLATIONS = (
+    ("Taylor order", "loss.order"),
+    ("eps", "loss.eps"),
+    ("batch size", "optim.batch_size"),
+    ("side", "loss.side"),
+    ("teacher momentum", "model.teacher_momentum"),
+)
+
+
+def table5(ev: pd.DataFrame) -> list[Spec]:
+    """Ablations: every value of each swept key, linear top-1 and kNN top-1 of the runs with that value.
+
+    Only keys that take more than one value among the experiment's runs are shown (a grid swept them).
+    """
+    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe"}))
+    knn = _matching(ev, **{"tag:mec.protocol": "knn"})
+    rows = []
+    for label, key in ABLATIONS:
+        column = f"pre:{key}"
+        values = sorted({str(v) for df in (linear, knn) if column in df for v in df[column].dropna()})
+        if len(values) < 2:
+            continue
+        for value in values:
+            row = f"{label} = {value}"
+            rows.append((row, "linear top-1", _cell(_matching(linear, **{column: value}), "linear/top1_best")))
+            rows.append((row, "kNN top-1", _cell(_matching(knn, **{column: value}), "knn/top1_k20")))
+    return rows
+
+
+def table7(ev: pd.DataFrame) -> list[Spec]:
+    """800-epoch ImageNet linear top-1 with the large projector; multi-crop is not implemented yet."""
+    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:data.augment": "imagenet",
+                                        "pre:optim.epochs": 800}))
+    hidden = linear["pre:model.projector_hidden"].astype(float) if "pre:model.projector_hidden" in linear else None
+    plain = linear[hidden < 8192] if hidden is not None else linear.iloc[0:0]
+    large = linear[hidden >= 8192] if hidden is not None else linear.iloc[0:0]
+    return [("MEC", "top1", _cell(plain, "linear/top1_best")),
+            ("MEC (large projector)", "top1", _cell(large, "linear/top1_best")),
+            ("MEC (multi-crop)", "top1", Cell())]
+
+
+TRANSFER_SETS = ("Food101", "CIFAR10", "CIFAR100", "SUN397", "Cars", "Aircraft", "VOC2007", "DTD", "Pets",
+                 "Caltech101", "Flowers")
+
+
+def table8(ev: pd.DataFrame) -> list[Spec]:
+    """Transfer classification: linear probing and fine-tuning on 11 data sets (protocol not in yet)."""
+    out = []
+    for row in ("linear", "finetune"):
+        transfer = _matching(ev, **{"tag:mec.protocol": f"transfer_{row}"})
+        for name in TRANSFER_SETS:
+            out.append((row, name, _cell(_matching(transfer, **{"param:eval.dataset": name}), "transfer/top1")))
+    return out
+
+
+def table9(ev: pd.DataFrame) -> list[Spec]:
+    """Pretrained on Places365: linear top-1 on Places365 (and on ImageNet, once probes take another data set)."""
+    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:data.name": "places365"}))
+    return [("MEC", "Places365", _cell(linear, "linear/top1_best")), ("MEC", "ImageNet", Cell())]
+
+
+TABLES: dict[str, Callable[[pd.DataFrame], list[Spec]]] = {
+    "table1_linear_by_epochs": table1,
+    "table2_semi_supervised": table2,
+    "table3_detection": table3,
+    "table4_tracking": table4,
+    "table5_ablations": table5,
+    "table7_strategies": table7,
+    "table8_transfer": table8,
+    "table9_places365": table9,
+}
+
+
+def load_published(path: Path = PUBLISHED_FILE) -> dict[tuple[str, str, str], tuple[float, str]]:
+    """(table, row, column) -> (value, source); a value without a source is an error naming it."""
+    tree = yaml.safe_load(path.read_text()) or {}
+    published = {}
+    for table, spec in tree.items():
+        if table not in TABLES:
+            raise ValueError(f"{path}: unknown table {table!r}; tables: {sorted(TABLES)}")
+        for entry in spec.get("values", []):
+            missing = {"row", "column", "value", "source"} - set(entry)
+            if missing:
+                raise ValueError(f"{path}: {table} entry {entry} lacks {sorted(missing)}")
+            published[(table, str(entry["row"]), str(entry["column"]))] = (float(entry["value"]), entry["source"])
+    return published
+
+
+def build_table(name: str, ev: pd.DataFrame, published: dict) -> pd.DataFrame:
+    """One row per (row, column) cell: ours (text, mean, std, n, run ids), published value and source, diff."""
+    records = []
+    for row, column, cell in TABLES[name](ev):
+        paper = published.get((name, row, column))
+        records.append({
+            "row": row, "column": column, "ours": cell.text(), "mean": cell.mean, "std": cell.std,
+            "runs": len(cell.values), "run_ids": " ".join(cell.run_ids),
+            "paper": paper[0] if paper else math.nan, "source": paper[1] if paper else "",
+            "diff": cell.mean - paper[0] if paper and cell.values else math.nan,
+        })
+    return pd.DataFrame(records, columns=["row", "column", "ours", "mean", "std", "runs", "run_ids", "paper",
+                                          "source", "diff"])
+
+
+def _fmt(value: float, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def to_markdown(name: str, table: pd.DataFrame) -> str:
+    lines = [f"### {name}", "", "| row | column | ours | paper | diff | runs |", "|---|---|---:|---:|---:|---:|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['row']} | {r['column']} | {r['ours']} | {_fmt(r['paper'])} | "
+                     f"{_fmt(r['diff'], signed=True)} | {r['runs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("\\", r"\textbackslash{}").replace("%", r"\%").replace("_", r"\_").replace("&", r"\&") \
+        .replace("+-", r"$\pm$")
+
+
+def to_latex(name: str, table: pd.DataFrame) -> str:
+    lines = [r"\begin{tabular}{llrrr}", r"\toprule", r"row & column & ours & paper & diff \\", r"\midrule"]
+    for _, r in table.iterrows():
+        lines.append(f"{_tex(str(r['row']))} & {_tex(str(r['column']))} & {_tex(r['ours'])} & "
+                     f"{_tex(_fmt(r['paper']))} & {_tex(_fmt(r['diff'], signed=True))} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", f"% {name}: generated by `mec tables` from MLflow runs"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(runs: pd.DataFrame, out_dir: Path, published_file: Path = PUBLISHED_FILE) -> dict[str, Path]:
+    """Write every table as Markdown, LaTeX (booktabs) and CSV (with run ids) into ``out_dir``."""
+    ev = evaluation_rows(runs)
+    published = load_published(published_file)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    markdown = []
+    for name in TABLES:
+        table = build_table(name, ev, published)
+        table.to_csv(out_dir / f"{name}.csv", index=False)
+        (out_dir / f"{name}.tex").write_text(to_latex(name, table))
+        md = to_markdown(name, table)
+        (out_dir / f"{name}.md").write_text(md)
+        markdown.append(md)
+        written[name] = out_dir / f"{name}.md"
+    (out_dir / "paper_tables.md").write_text("\n".join(markdown))
+    written["all"] = out_dir / "paper_tables.md"
+    return written

@@ -1,0 +1,119 @@
+"""Tables from an MLflow store: values, mean +- std over seeds, n/a cells, run ids, published numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from mec.paper_tables import load_published, write_tables
+from mec.tables import experiment_runs, experiment_summary
+
+
+def _run(client, exp_id, stage, params=None, tags=None, metrics=None, parent=None):
+    all_tags = {"mec.stage": stage} | (tags or {})
+    if parent:
+        all_tags |= {"mec.pretrain_run_id": parent, "mlflow.parentRunId": parent}
+    run_id = client.create_run(exp_id, tags=all_tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in (params or {}).items()],
+                     metrics=[Metric(k, v, 0, 0) for k, v in (metrics or {}).items()])
+    client.set_terminated(run_id)
+    return run_id
+
+
+@pytest.fixture
+def store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("campaign")
+    ids = {}
+    # Table 1: two seeds at 100 epochs, one at 800, nothing at 200 / 400.
+    for seed, top1 in ((0, 0.70), (1, 0.72)):
+        pre = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
+                                                "optim.epochs": 100, "train.seed": seed,
+                                                "model.projector_hidden": 2048}, {"mec.run": f"in100_s{seed}"})
+        ids[f"lin100_{seed}"] = _run(client, exp_id, "evaluate", {"eval.protocol": "linear_probe"},
+                                     {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
+                                     {"linear/top1_best": top1}, parent=pre)
+        # Table 2: fine-tuning on SimCLR's 1% list
+        _run(client, exp_id, "evaluate", {"eval.split": "/data/splits/1percent.txt"},
+             {"mec.protocol": "finetune", "mec.evaluation": "semi1"},
+             {"finetune_1percent/top1_last": 0.5 + seed / 100, "finetune_1percent/top5_last": 0.75}, parent=pre)
+    pre800 = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
+                                               "optim.epochs": 800, "model.projector_hidden": 2048})
+    ids["lin800"] = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
+                         {"linear/top1_best": 0.745}, parent=pre800)
+    # Table 5: a Taylor-order grid on CIFAR with kNN only.
+    for order, knn in ((2, 0.80), (4, 0.85)):
+        pre = _run(client, exp_id, "pretrain", {"data.augment": "cifar", "data.name": "cifar10", "loss.order": order,
+                                                "optim.epochs": 200})
+        _run(client, exp_id, "evaluate", {}, {"mec.protocol": "knn", "mec.evaluation": "knn"},
+             {"knn/top1_k20": knn}, parent=pre)
+    return uri, ids
+
+
+def _row(table: pd.DataFrame, row: str, column: str) -> pd.Series:
+    match = table[(table["row"].astype(str) == row) & (table["column"] == column)]
+    assert len(match) == 1, (row, column, table)
+    return match.iloc[0]
+
+
+def test_paper_tables_hold_values_spread_missing_cells_and_run_ids(store, tmp_path):
+    uri, ids = store
+    written = write_tables(experiment_runs("campaign", uri), tmp_path / "tables")
+    t1 = pd.read_csv(tmp_path / "tables" / "table1_linear_by_epochs.csv", dtype={"row": str}, keep_default_na=False)
+    first = _row(t1, "100", "top1")
+    assert first["ours"] == "71.0 +- 1.4" and int(first["runs"]) == 2
+    assert set(first["run_ids"].split()) == {ids["lin100_0"], ids["lin100_1"]}
+    assert float(first["paper"]) == 70.8 and float(first["diff"]) == pytest.approx(0.2)
+    assert _row(t1, "200", "top1")["ours"] == "n/a" and int(_row(t1, "200", "top1")["runs"]) == 0
+    assert _row(t1, "800", "top1")["ours"] == "74.5"
+
+    t2 = pd.read_csv(tmp_path / "tables" / "table2_semi_supervised.csv", keep_default_na=False)
+    assert _row(t2, "1%", "top1")["ours"] == "50.5 +- 0.7" and _row(t2, "10%", "top1")["ours"] == "n/a"
+    t5 = pd.read_csv(tmp_path / "tables" / "table5_ablations.csv", keep_default_na=False)
+    assert _row(t5, "Taylor order = 2", "kNN top-1")["ours"] == "80.0"
+    assert _row(t5, "Taylor order = 4", "kNN top-1")["ours"] == "85.0"
+    t8 = pd.read_csv(tmp_path / "tables" / "table8_transfer.csv", keep_default_na=False)
+    assert (t8["ours"] == "n/a").all() and float(_row(t8, "linear", "Food101")["paper"]) == 75.6
+
+    markdown = written["all"].read_text()
+    assert "| 100 | top1 | 71.0 +- 1.4 | 70.8 | +0.2 | 2 |" in markdown
+    assert "| 200 | top1 | n/a | n/a | n/a | 0 |" in markdown
+    latex = (tmp_path / "tables" / "table1_linear_by_epochs.tex").read_text()
+    assert r"\toprule" in latex and r"71.0 $\pm$ 1.4" in latex
+
+
+def test_every_published_value_names_its_source(tmp_path):
+    published = load_published()
+    assert published[("table1_linear_by_epochs", "100", "top1")][0] == 70.8
+    assert all(source for _, source in published.values())
+    bad = tmp_path / "published.yaml"
+    bad.write_text("table1_linear_by_epochs:\n  values:\n    - {row: '100', column: top1, value: 70.8}\n")
+    with pytest.raises(ValueError, match="lacks \\['source'\\]"):
+        load_published(bad)
+
+
+def test_experiment_summary_prints_missing_as_na(store):
+    uri, _ = store
+    summary = experiment_summary(experiment_runs("campaign", uri))
+    assert len(summary) == 5 and "linear:linear/top1_best" in summary.columns
+
+
+def test_mec_tables_command_writes_every_table(store, tmp_path):
+    uri, _ = store
+    proc = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    names = {p.stem for p in (tmp_path / "out").glob("table*.md")}
+    assert names == {"table1_linear_by_epochs", "table2_semi_supervised", "table3_detection", "table4_tracking",
+                     "table5_ablations", "table7_strategies", "table8_transfer", "table9_places365"}
+    assert (tmp_path / "out" / "experiments" / "campaign" / "summary.md").exists()
+    missing = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--experiment",
+                              "nope", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300,
+                             check=False)
+    assert missing.returncode == 2 and "'nope' not found" in missing.stderr

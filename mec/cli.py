@@ -43,6 +43,13 @@ def _tables(args: argparse.Namespace) -> int:
     written = write_tables(runs, out)
     for name in names:
         written |= {f"summary:{name}": write_summary(name, out / "experiments" / name, uri)["md"]}
+    from mec.figures import probe_curves, training_curves
+
+    client = MlflowClient(uri)
+    for label, path in (("figure:pretraining", training_curves(runs, client, out / "figures" / "pretraining_curves.png")),
+                        ("figure:linear_probe", probe_curves(runs, client, out / "figures" / "linear_probe_curves.png"))):
+        if path is not None:
+            written[label] = path
     for label, path in written.items():
         print(f"{label}: {path}")
     return 0

@@ -45,6 +45,8 @@ def store(tmp_path):
              {"finetune_1percent/top1_last": 0.5 + seed / 100, "finetune_1percent/top5_last": 0.75}, parent=pre)
     pre800 = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
                                                "optim.epochs": 800, "model.projector_hidden": 2048})
+    client.log_batch(pre800, metrics=[Metric(key, -float(step), 0, step) for step in range(1, 6)
+                                      for key in ("train/loss", "train/coding_length")])
     ids["lin800"] = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
                          {"linear/top1_best": 0.745}, parent=pre800)
     # Table 5: a Taylor-order grid on CIFAR with kNN only.
@@ -113,7 +115,24 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
     assert names == {"table1_linear_by_epochs", "table2_semi_supervised", "table3_detection", "table4_tracking",
                      "table5_ablations", "table7_strategies", "table8_transfer", "table9_places365"}
     assert (tmp_path / "out" / "experiments" / "campaign" / "summary.md").exists()
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "figures" / "pretraining_curves.png") as image:
+        assert image.size[0] > 500
     missing = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--experiment",
                               "nope", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300,
                              check=False)
     assert missing.returncode == 2 and "'nope' not found" in missing.stderr
+
+
+def test_taylor_figure_errors_fall_with_the_order(tmp_path):
+    from PIL import Image
+
+    from mec.figures import taylor_error_figure, taylor_error_table
+
+    table = taylor_error_table(dims=(32, 64), repeats=1)
+    error = {(r.d, r.order): r.rel_error for r in table.itertuples()}
+    for d in (32, 64):
+        assert error[(d, "1")] > error[(d, "2")] > error[(d, "4")]
+    with Image.open(taylor_error_figure(table, tmp_path / "fig6.png", device="cpu")) as image:
+        assert image.size[0] > image.size[1]

@@ -268,8 +268,38 @@ def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
     paths = write_summary(experiment.name, out_dir, experiment.tracking_uri)
     paths |= write_tables(experiment_runs(experiment.name, experiment.tracking_uri), out_dir / "paper")
     paths |= tsne_figures(experiment)
+    paths |= curve_figures(experiment)
     log.info("tables and figures: %s", ", ".join(map(str, paths.values())))
     return paths
+
+
+def curve_figures(experiment: Experiment) -> dict[str, Path]:
+    """Pretraining loss / coding-length curves and linear-probe accuracy by epoch, from MLflow."""
+    from mec.figures import probe_curves, training_curves
+    from mec.tables import experiment_runs
+
+    client, _ = tracking_client(experiment)
+    runs = experiment_runs(experiment.name, experiment.tracking_uri)
+    figures = experiment.output / "figures"
+    made = {
+        "figure:pretraining": training_curves(runs, client, figures / "pretraining_curves.png"),
+        "figure:linear_probe": probe_curves(runs, client, figures / "linear_probe_curves.png"),
+    }
+    return {name: path for name, path in made.items() if path is not None}
+
+
+def taylor_figure(experiment: Experiment, output_png: str | Path) -> Path:
+    """Paper Figure 6 measured on this machine: Taylor error and time against the exact log-determinant."""
+    import torch
+
+    from mec.figures import taylor_error_figure, taylor_error_table
+
+    table = taylor_error_table()
+    png = Path(output_png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(png.with_suffix(".csv"), index=False)
+    device = f"CPU, {torch.get_num_threads()} threads"
+    return taylor_error_figure(table, png, device=device)
 
 
 def tsne_figures(experiment: Experiment) -> dict[str, Path]:

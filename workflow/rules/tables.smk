@@ -2,6 +2,7 @@
 
 localrules:
     tables,
+    figure_taylor,
 
 
 rule tables:
@@ -13,3 +14,12 @@ rule tables:
         md=f"{OUT}/tables/summary.md",
     run:
         stages.tables(EXPERIMENT, output.md)
+
+
+rule figure_taylor:
+    # Paper Figure 6: errors are hardware independent, times are this machine's (the CSV and figure say so).
+    output:
+        png=f"{OUT}/figures/taylor_error.png",
+        csv=f"{OUT}/figures/taylor_error.csv",
+    run:
+        stages.taylor_figure(EXPERIMENT, output.png)

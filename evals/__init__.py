@@ -11,6 +11,7 @@ PROTOCOLS = {
     "linear_probe": "evals.linear_probe",
     "finetune": "evals.finetune",
     "tsne": "evals.tsne",
+    "transfer": "evals.transfer",
 }
 
 

@@ -155,3 +155,28 @@ def test_tsne_embeds_cached_features_and_draws_a_png(tmp_path, folder):
                        ("eps 0.01", embedding["points"], embedding["labels"])], tmp_path / "fig.png")
     with Image.open(two) as image:
         assert image.size[0] > image.size[1] > 100
+
+
+def test_transfer_selects_c_on_a_held_out_split_and_scores_the_test_split(tmp_path, folder, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+    _write_cifar10(tmp_path / "cifar", images_per_file=20)
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    backbone = _backbone(tmp_path / "b.pt", config)
+    job = _job(tmp_path, "transfer", config, backbone, dataset="CIFAR10", root=str(tmp_path / "cifar"),
+               image_size=32, C=[0.01, 1.0])
+    metrics = run_protocol(job)
+    assert metrics["transfer/best_C"] in (0.01, 1.0) and 0.0 <= metrics["transfer/score"] <= 1.0
+    history = MlflowClient(job.tracking_uri).get_metric_history(job.run_id, "transfer/val_score_by_C")
+    assert len(history) == 2
+    assert len(list((tmp_path / "features").glob("transfer-CIFAR10-*.pt"))) == 2  # train and test, cached
+    with pytest.raises(FileNotFoundError, match="transfer data set CIFAR100 not found under"):
+        run_protocol(_job(tmp_path, "transfer", config, backbone, dataset="CIFAR100", root=str(tmp_path / "none")))
+    with pytest.raises(ValueError, match="options.dataset must be one of"):
+        run_protocol(_job(tmp_path, "transfer", config, backbone, dataset="MNIST", root="x"))
+
+
+def test_voc_eleven_point_ap():
+    from evals.transfer import _ap11
+
+    assert _ap11(np.array([0.9, 0.8, 0.1]), np.array([1, 1, 0])) == 1.0
+    assert _ap11(np.array([0.9, 0.8, 0.1]), np.array([0, 0, 1])) == pytest.approx(np.mean([1 / 3] * 11))

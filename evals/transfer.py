@@ -1,0 +1,206 @@
+"""Transfer classification by linear evaluation on frozen features (paper Table 8; SimCLR / BYOL protocol).
+
+Features of the target data set's images (Resize + CenterCrop at the backbone's input size) are extracted once
+per (backbone, data set, split) into the shared cache. An L2-regularised multinomial logistic regression
+(scikit-learn, L-BFGS, standardised features) is fit for each C of a log grid on the training split and scored on
+the validation split; the best C is refit on train + validation and scored on the test split. Metrics follow
+the protocol: top-1, mean per-class accuracy for Aircraft, Pets, Caltech-101 and Flowers, 11-point mAP for
+VOC2007 (multi-label, one-vs-rest). Data sets without an official validation split hold out a seeded,
+class-balanced 20% of the training split; SUN397 and Caltech-101, which have no official split at all, use a
+seeded split (SUN397: 50/50 per class; Caltech-101: 30 training images per class).
+
+Options: ``dataset`` (a name of `DATASETS`), ``root`` (its folder, as torchvision expects it; no download),
+``C`` (the grid), ``image_size`` (default 224).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from evals.features import file_digest
+from evals.job import EvalJob, load_frozen_backbone, select_device
+from evals.splits import balanced_subset
+from mec import checkpoint as ckpt
+from mec.augment import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger(__name__)
+
+DEFAULT_C = tuple(float(c) for c in np.logspace(-4, 3, 8))
+VALIDATION_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    """How to read one data set's splits with torchvision, and how it is scored."""
+
+    build: Callable[[str, str, Any], Dataset]  # (root, split, transform) -> dataset
+    splits: tuple[str, str | None, str]  # (train, validation or None, test) split names
+    metric: str = "top1"  # "top1" | "mean_per_class" | "map11"
+
+
+def _rgb(transform: Any) -> Any:
+    return T.Compose([T.Lambda(lambda image: image.convert("RGB")), transform])
+
+
+def _voc_labels(target: dict) -> list[int]:
+    names = {obj["name"] for obj in target["annotation"]["object"]}
+    return [int(name in names) for name in VOC_CLASSES]
+
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+DATASETS: dict[str, TransferSet] = {
+    "CIFAR10": TransferSet(lambda r, s, t: tvd.CIFAR10(r, train=s == "train", transform=t), ("train", None, "test")),
+    "CIFAR100": TransferSet(lambda r, s, t: tvd.CIFAR100(r, train=s == "train", transform=t), ("train", None, "test")),
+    "Food101": TransferSet(lambda r, s, t: tvd.Food101(r, split=s, transform=t), ("train", None, "test")),
+    "DTD": TransferSet(lambda r, s, t: tvd.DTD(r, split=s, partition=1, transform=t), ("train", "val", "test")),
+    "Pets": TransferSet(lambda r, s, t: tvd.OxfordIIITPet(r, split=s, transform=t), ("trainval", None, "test"),
+                        "mean_per_class"),
+    "Flowers": TransferSet(lambda r, s, t: tvd.Flowers102(r, split=s, transform=t), ("train", "val", "test"),
+                           "mean_per_class"),
+    "Cars": TransferSet(lambda r, s, t: tvd.StanfordCars(r, split=s, transform=t), ("train", None, "test")),
+    "Aircraft": TransferSet(lambda r, s, t: tvd.FGVCAircraft(r, split=s, transform=t), ("train", "val", "test"),
+                            "mean_per_class"),
+    "SUN397": TransferSet(lambda r, s, t: tvd.SUN397(r, transform=t), ("all", None, "all")),
+    "Caltech101": TransferSet(lambda r, s, t: tvd.Caltech101(r, transform=_rgb(t)), ("all", None, "all"),
+                              "mean_per_class"),
+    "VOC2007": TransferSet(lambda r, s, t: tvd.VOCDetection(r, year="2007", image_set=s, transform=t,
+                                                            target_transform=_voc_labels),
+                           ("trainval", None, "test"), "map11"),
+}
+
+
+def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """[N, D] features and labels ([N] or [N, classes]) of one split, from the cache when present."""
+    identity = json.dumps({"backbone": file_digest(Path(job.backbone)), "dataset": name,
+                           "root": str(Path(root).resolve()), "split": split, "size": size}, sort_keys=True)
+    path = Path(job.feature_cache) / f"transfer-{name}-{split}-{hashlib.sha256(identity.encode()).hexdigest()[:20]}.pt"
+    if path.exists():
+        stored = ckpt.load_checkpoint(path, required_keys=("features", "labels"))
+        return stored["features"].numpy(), stored["labels"].numpy()
+    transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
+                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    try:
+        dataset = DATASETS[name].build(root, split, transform)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise FileNotFoundError(f"transfer data set {name} not found under {root} (split {split!r}): {exc}") from None
+    net, _ = load_frozen_backbone(job.backbone, job.cfg)
+    device = select_device()
+    net = net.to(device).eval()
+    feats, labels = [], []
+    with torch.no_grad():
+        for images, targets in DataLoader(dataset, batch_size=128, num_workers=job.cfg.data.num_workers):
+            feats.append(net(images.to(device)).float().cpu())
+            labels.append(torch.as_tensor(np.asarray(targets)) if not isinstance(targets, list)
+                          else torch.stack(targets, dim=1))
+    features, label_tensor = torch.cat(feats), torch.cat(labels)
+    ckpt.save_checkpoint(path, {"features": features, "labels": label_tensor})
+    return features.numpy(), label_tensor.numpy()
+
+
+def _score(metric: str, clf: Any, x: np.ndarray, y: np.ndarray) -> float:
+    if metric == "map11":
+        scores = np.stack([est.decision_function(x) for est in clf], axis=1)
+        return float(np.mean([_ap11(scores[:, k], y[:, k]) for k in range(y.shape[1]) if y[:, k].any()]))
+    predicted = clf.predict(x)
+    if metric == "mean_per_class":
+        return float(np.mean([np.mean(predicted[y == c] == c) for c in np.unique(y)]))
+    return float(np.mean(predicted == y))
+
+
+def _ap11(scores: np.ndarray, positives: np.ndarray) -> float:
+    """PASCAL VOC2007's 11-point interpolated average precision."""
+    order = np.argsort(-scores)
+    hits = positives[order].astype(float)
+    recall = np.cumsum(hits) / max(hits.sum(), 1)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(np.mean([precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in np.linspace(0, 1, 11)]))
+
+
+def _fit(metric: str, x: np.ndarray, y: np.ndarray, c: float) -> Any:
+    if metric == "map11":
+        return [LogisticRegression(C=c, max_iter=1000).fit(x, y[:, k]) if 0 < y[:, k].sum() < len(y) else
+                _Constant(float(y[:, k].mean())) for k in range(y.shape[1])]
+    return LogisticRegression(C=c, max_iter=1000).fit(x, y)
+
+
+class _Constant:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def decision_function(self, x: np.ndarray) -> np.ndarray:
+        return np.full(len(x), self.value)
+
+
+def _seeded_split(labels: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """SUN397 / Caltech-101 have no official split: a seeded, per-class one."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        cut = len(members) // 2 if name == "SUN397" else min(30, len(members) - 1)
+        train += members[:cut].tolist()
+        test += members[cut:].tolist()
+    return np.asarray(sorted(train)), np.asarray(sorted(test))
+
+
+def evaluate(job: EvalJob) -> dict[str, float]:
+    name = job.option("dataset", None)
+    if name not in DATASETS:
+        raise ValueError(f"transfer: options.dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    root = job.option("root", None)
+    if root is None:
+        raise ValueError(f"transfer: options.root must name the folder holding {name}")
+    size = int(job.option("image_size", 224))
+    grid = [float(c) for c in job.option("C", DEFAULT_C)]
+    seed = int(job.option("seed", 0))
+    spec = DATASETS[name]
+    train_split, val_split, test_split = spec.splits
+    x_train, y_train = _features(job, name, root, train_split, size)
+    if train_split == test_split:  # no official split
+        train_idx, test_idx = _seeded_split(y_train, name, seed)
+        x_test, y_test = x_train[test_idx], y_train[test_idx]
+        x_train, y_train = x_train[train_idx], y_train[train_idx]
+    else:
+        x_test, y_test = _features(job, name, root, test_split, size)
+    if val_split is not None:
+        x_val, y_val = _features(job, name, root, val_split, size)
+    else:
+        stratify = y_train if y_train.ndim == 1 else y_train.argmax(1)
+        held = np.zeros(len(y_train), dtype=bool)
+        held[balanced_subset(stratify, VALIDATION_FRACTION, seed)] = True
+        x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[~held], y_train[~held]
+
+    scaler = StandardScaler().fit(x_train)
+    scores = {c: _score(spec.metric, _fit(spec.metric, scaler.transform(x_train), y_train, c),
+                        scaler.transform(x_val), y_val) for c in grid}
+    best_c = max(scores, key=scores.get)
+    x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
+    scaler = StandardScaler().fit(x_all)
+    test_score = _score(spec.metric, _fit(spec.metric, scaler.transform(x_all), y_all, best_c),
+                        scaler.transform(x_test), y_test)
+    metrics = {"transfer/score": test_score, "transfer/best_C": best_c, "transfer/val_score": scores[best_c]}
+    logger = job.open_logger()
+    logger.try_("log the metric name", logger.set_tags, {"transfer.metric": spec.metric, "transfer.dataset": name})
+    for i, c in enumerate(grid):
+        logger.log_metrics({"transfer/val_score_by_C": scores[c]}, step=i)
+    logger.log_metrics(metrics, step=len(grid))
+    logger.close()
+    log.info("transfer %s: %s %.4f (C=%g)", name, spec.metric, test_score, best_c)
+    return metrics
+

@@ -175,13 +175,14 @@ def digits_two_view(
     if not 0.0 <= translate < 0.5:
         raise ValueError(f"translate must be a fraction of the side in [0, 0.5), got {translate!r}")
     shift = [T.RandomCrop(size, padding=round(translate * size), padding_mode="edge")] if translate else []
+    invert = [T.RandomInvert(p=invert_p)] if invert_p else []
     view = T.Compose(
         [
             T.RandomResizedCrop(size, scale=(low, high)),
             *shift,
             T.RandomApply([T.ColorJitter(brightness, contrast, saturation, hue)], p=jitter_p),
             T.RandomGrayscale(p=grayscale_p),
-            T.RandomInvert(p=invert_p),
+            *invert,
             T.ToTensor(),
             T.Normalize(DIGITS_MEAN, DIGITS_STD),
         ]

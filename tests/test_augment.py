@@ -100,6 +100,20 @@ def test_digits_recipe_never_flips_and_exposes_its_knobs():
         ((gray, _),) = _find(view, T.RandomGrayscale)
         assert gray.p == 0.1
     assert not _find(probe_train_transform("digits", 32), T.RandomHorizontalFlip)
+    plain = digits_two_view(16).view1
+    assert not _find(plain, T.RandomInvert) and not _find(plain, T.RandomCrop)  # both off unless asked for
+
+
+def test_digits_translate_and_invert_are_per_view_and_validated():
+    view = digits_two_view(16, translate=0.25, invert_p=0.5).view1
+    ((shift, _),) = _find(view, T.RandomCrop)
+    assert shift.padding == 4 and shift.padding_mode == "edge"  # the flat background fills the shifted border
+    ((invert, _),) = _find(view, T.RandomInvert)
+    assert invert.p == 0.5
+    with pytest.raises(ValueError, match="translate"):
+        digits_two_view(16, translate=0.5)
+    with pytest.raises(ValueError, match="invert_p"):
+        digits_two_view(16, invert_p=1.5)
 
 
 @pytest.mark.parametrize("name, size, image_size", [("imagenet", 64, (80, 96)), ("cifar", 32, (32, 32)),

@@ -93,18 +93,20 @@ def _no_split(df: pd.DataFrame) -> pd.DataFrame:
 
 
 Spec = tuple[str, str, Cell]  # (row, column, cell)
+# Pretrained on ImageNet: an ImageFolder tree with the ImageNet recipe (Places365 has its own data name).
+IMAGENET = {"pre:data.name": "imagefolder", "pre:data.augment": "imagenet"}
 
 
 def table1(ev: pd.DataFrame) -> list[Spec]:
     """ImageNet linear top-1 by pretraining epochs."""
-    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:data.augment": "imagenet"}))
+    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe"} | IMAGENET))
     return [(str(e), "top1", _cell(_matching(linear, **{"pre:optim.epochs": e}), "linear/top1_best"))
             for e in (100, 200, 400, 800)]
 
 
 def table2(ev: pd.DataFrame) -> list[Spec]:
     """Semi-supervised fine-tuning on SimCLR's 1% / 10% ImageNet subsets."""
-    tuned = _matching(ev, **{"tag:mec.protocol": "finetune", "pre:data.augment": "imagenet"})
+    tuned = _matching(ev, **{"tag:mec.protocol": "finetune"} | IMAGENET)
     out = []
     for label, name in (("1%", "1percent"), ("10%", "10percent")):
         rows = _split_name(tuned, f"{name}.txt")
@@ -163,8 +165,7 @@ def table5(ev: pd.DataFrame) -> list[Spec]:
 
 def table7(ev: pd.DataFrame) -> list[Spec]:
     """800-epoch ImageNet linear top-1 with the large projector; multi-crop is not implemented yet."""
-    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:data.augment": "imagenet",
-                                        "pre:optim.epochs": 800}))
+    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:optim.epochs": 800} | IMAGENET))
     hidden = linear["pre:model.projector_hidden"].astype(float) if "pre:model.projector_hidden" in linear else None
     plain = linear[hidden < 8192] if hidden is not None else linear.iloc[0:0]
     large = linear[hidden >= 8192] if hidden is not None else linear.iloc[0:0]

@@ -49,6 +49,18 @@ def store(tmp_path):
                                       for key in ("train/loss", "train/coding_length")])
     ids["lin800"] = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
                          {"linear/top1_best": 0.745}, parent=pre800)
+    # Tables 3, 4, 8, 9: one run each, logged under the protocol names those tables read.
+    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "detection_voc0712", "mec.evaluation": "voc"},
+         {"detection/AP50": 0.82, "detection/AP": 0.57, "detection/AP75": 0.64}, parent=pre800)
+    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "tracking_sot", "mec.evaluation": "sot"},
+         {"tracking/AUC": 0.625}, parent=pre800)
+    _run(client, exp_id, "evaluate", {"eval.dataset": "Food101"}, {"mec.protocol": "transfer",
+                                                                   "mec.evaluation": "food"},
+         {"transfer/score": 0.756}, parent=pre800)
+    places = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "places365",
+                                               "optim.epochs": 100})
+    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
+         {"linear/top1_best": 0.538}, parent=places)
     # Table 5: a Taylor-order grid on CIFAR with kNN only.
     for order, knn in ((2, 0.80), (4, 0.85)):
         pre = _run(client, exp_id, "pretrain", {"data.augment": "cifar", "data.name": "cifar10", "loss.order": order,
@@ -81,7 +93,17 @@ def test_paper_tables_hold_values_spread_missing_cells_and_run_ids(store, tmp_pa
     assert _row(t5, "Taylor order = 2", "kNN top-1")["ours"] == "80.0"
     assert _row(t5, "Taylor order = 4", "kNN top-1")["ours"] == "85.0"
     t8 = pd.read_csv(tmp_path / "tables" / "table8_transfer.csv", keep_default_na=False)
-    assert (t8["ours"] == "n/a").all() and float(_row(t8, "linear", "Food101")["paper"]) == 75.6
+    assert _row(t8, "linear", "Food101")["ours"] == "75.6" and float(_row(t8, "linear", "Food101")["diff"]) == 0
+    assert _row(t8, "linear", "DTD")["ours"] == "n/a" and float(_row(t8, "linear", "DTD")["paper"]) == 75.8
+    t3 = pd.read_csv(tmp_path / "tables" / "table3_detection.csv", keep_default_na=False)
+    assert _row(t3, "VOC07+12", "AP50")["ours"] == "82.0" and _row(t3, "COCO", "AP")["ours"] == "n/a"
+    t4 = pd.read_csv(tmp_path / "tables" / "table4_tracking.csv", keep_default_na=False)
+    assert _row(t4, "SOT", "AUC")["ours"] == "62.5" and _row(t4, "MOT", "IDF1")["ours"] == "n/a"
+    t7 = pd.read_csv(tmp_path / "tables" / "table7_strategies.csv", keep_default_na=False)
+    assert _row(t7, "MEC", "top1")["ours"] == "74.5" and float(_row(t7, "MEC", "top1")["paper"]) == 74.5
+    assert _row(t7, "MEC (multi-crop)", "top1")["ours"] == "n/a"
+    t9 = pd.read_csv(tmp_path / "tables" / "table9_places365.csv", keep_default_na=False)
+    assert _row(t9, "MEC", "Places365")["ours"] == "53.8"
 
     markdown = written["all"].read_text()
     assert "| 100 | top1 | 71.0 +- 1.4 | 70.8 | +0.2 | 2 |" in markdown
@@ -103,7 +125,7 @@ def test_every_published_value_names_its_source(tmp_path):
 def test_experiment_summary_prints_missing_as_na(store):
     uri, _ = store
     summary = experiment_summary(experiment_runs("campaign", uri))
-    assert len(summary) == 5 and "linear:linear/top1_best" in summary.columns
+    assert len(summary) == 6 and "linear:linear/top1_best" in summary.columns
 
 
 def test_mec_tables_command_writes_every_table(store, tmp_path):

@@ -21,7 +21,12 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from mec.loss import coding_length_series, cross_correlation_matrix, resolve_side, taylor_trace_loop
+from mec.loss import (
+    coding_length_series,
+    cross_correlation_matrix,
+    resolve_side,
+    taylor_trace_loop,
+)
 
 
 def parse_args() -> argparse.Namespace:

@@ -16,7 +16,8 @@ from evals.supervised import Recipe, train_classifier
 DEFAULTS = {
     "imagenet": {"epochs": 50, "batch_size": 1024, "base_lr": 0.05},
     "cifar": {"epochs": 50, "batch_size": 256, "base_lr": 0.05},
-    "digits": {"epochs": 20, "batch_size": 64, "base_lr": 0.05},
+    # Measured on the offline data: 50 epochs of 32 images at lr 0.0625 train; 20 epochs at 0.0125 did not.
+    "digits": {"epochs": 50, "batch_size": 32, "base_lr": 0.5},
 }
 
 
@@ -27,5 +28,4 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     if Path(split).name in SIMCLR_SHA256:
         verify_simclr_split(Path(split))
     recipe = Recipe.from_options(DEFAULTS[job.cfg.data.augment], job.options, finetune=True)
-    prefix = f"finetune_{Path(split).stem}"
-    return train_classifier(job, recipe, prefix=prefix)
+    return train_classifier(job, recipe, prefix="finetune")  # which split: the run's eval.split parameter

@@ -2,7 +2,7 @@
 
 ImageNet (reference.md §3): LARS-wrapped SGD (trust 0.001, no clipping), momentum 0.9, wd 0, batch 4096,
 lr 0.03 x batch/256, 100 epochs, cosine per epoch; RandomResizedCrop(224) + flip / Resize(256) + CenterCrop(224).
-CIFAR and the offline digits keep the recipe at their own scale (batch 256, fewer epochs for the digits).
+CIFAR keeps the recipe at batch 256; the offline digits, with 6 steps per epoch, use plain SGD (see DEFAULTS).
 Options override any recipe field (``epochs``, ``batch_size``, ``base_lr``, ``lars``, ...); ``split`` names a
 label-subset file (few-label probe).
 """
@@ -15,7 +15,9 @@ from evals.supervised import Recipe, train_classifier
 DEFAULTS = {
     "imagenet": {"epochs": 100, "batch_size": 4096, "base_lr": 0.03, "lars": True},
     "cifar": {"epochs": 100, "batch_size": 256, "base_lr": 0.03, "lars": True},
-    "digits": {"epochs": 20, "batch_size": 256, "base_lr": 0.03, "lars": True},
+    # LARS with trust 0.001 moves a fresh head too little in a few hundred steps (measured: chance after 120);
+    # on the offline data plain SGD at lr 4.0 for 50 epochs trains the head.
+    "digits": {"epochs": 50, "batch_size": 256, "base_lr": 4.0, "lars": False},
 }
 
 

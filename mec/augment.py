@@ -239,14 +239,15 @@ def probe_train_transform(kind: str, size: int) -> T.Compose:
     """Training transform of supervised probes (linear probe, fine-tuning).
 
     "imagenet": RandomResizedCrop(size) + horizontal flip (the released linear-probe recipe).
-    "cifar": RandomCrop(size, padding=4) + horizontal flip. "digits": RandomCrop(size, padding=4), no flip.
+    "cifar": RandomCrop(size, padding=size // 8) + horizontal flip (padding 4 at 32 px, the usual recipe).
+    "digits": the same shift, no flip.
     """
     _check_eval_kind(kind)
     _check_size(size)
     if kind == "imagenet":
         geometric = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
     elif kind == "cifar":
-        geometric = [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip()]
+        geometric = [T.RandomCrop(size, padding=max(1, size // 8)), T.RandomHorizontalFlip()]
     else:
-        geometric = [T.RandomCrop(size, padding=4)]
+        geometric = [T.RandomCrop(size, padding=max(1, size // 8))]
     return T.Compose([*geometric, T.ToTensor(), _normalize(kind)])

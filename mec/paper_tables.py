@@ -110,8 +110,7 @@ def table2(ev: pd.DataFrame) -> list[Spec]:
     out = []
     for label, name in (("1%", "1percent"), ("10%", "10percent")):
         rows = _split_name(tuned, f"{name}.txt")
-        out += [(label, "top1", _cell(rows, f"finetune_{name}/top1_last")),
-                (label, "top5", _cell(rows, f"finetune_{name}/top5_last"))]
+        out += [(label, "top1", _cell(rows, "finetune/top1_last")), (label, "top5", _cell(rows, "finetune/top5_last"))]
     return out
 
 

@@ -108,7 +108,7 @@ def test_finetune_trains_on_the_split_and_names_a_missing_image(tmp_path, folder
     backbone = _backbone(tmp_path / "b.pt", config)
     split = write_split(tmp_path / "split.txt", ["disc/000.png", "disc/001.png", "bar/000.png", "bar/001.png"])
     metrics = run_protocol(_job(tmp_path, "finetune", config, backbone, split=str(split), epochs=1, batch_size=4))
-    assert metrics["finetune_split/train_images"] == 4
+    assert metrics["finetune/train_images"] == 4
     bad = write_split(tmp_path / "bad.txt", ["disc/000.png", "disc/999.png"])
     with pytest.raises(SplitError, match=r"bad\.txt:2: image 'disc/999\.png' is not in"):
         run_protocol(_job(tmp_path, "finetune", config, backbone, split=str(bad), epochs=1, batch_size=4))

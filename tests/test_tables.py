@@ -42,7 +42,7 @@ def store(tmp_path):
         # Table 2: fine-tuning on SimCLR's 1% list
         _run(client, exp_id, "evaluate", {"eval.split": "/data/splits/1percent.txt"},
              {"mec.protocol": "finetune", "mec.evaluation": "semi1"},
-             {"finetune_1percent/top1_last": 0.5 + seed / 100, "finetune_1percent/top5_last": 0.75}, parent=pre)
+             {"finetune/top1_last": 0.5 + seed / 100, "finetune/top5_last": 0.75}, parent=pre)
     pre800 = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
                                                "optim.epochs": 800, "model.projector_hidden": 2048})
     client.log_batch(pre800, metrics=[Metric(key, -float(step), 0, step) for step in range(1, 6)

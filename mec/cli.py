@@ -35,7 +35,8 @@ def _tables(args: argparse.Namespace) -> int:
     from mec.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    names = args.experiment or [e.name for e in MlflowClient(uri).search_experiments() if e.name != "Default"]
+    names = args.experiment or [e.name for e in MlflowClient(uri).search_experiments()
+                                if e.name not in ("Default", TABLES_EXPERIMENT)]
     if not names:
         raise FileNotFoundError(f"no MLflow experiments at {uri}")
     runs = pd.concat([experiment_runs(name, uri) for name in names], ignore_index=True)
@@ -46,13 +47,33 @@ def _tables(args: argparse.Namespace) -> int:
     from mec.figures import probe_curves, training_curves
 
     client = MlflowClient(uri)
-    for label, path in (("figure:pretraining", training_curves(runs, client, out / "figures" / "pretraining_curves.png")),
-                        ("figure:linear_probe", probe_curves(runs, client, out / "figures" / "linear_probe_curves.png"))):
+    figures = Path(args.figures)
+    for label, path in (("figure:pretraining", training_curves(runs, client, figures / "pretraining_curves.png")),
+                        ("figure:linear_probe", probe_curves(runs, client, figures / "linear_probe_curves.png"))):
         if path is not None:
             written[label] = path
+    if not args.no_log:
+        written["mlflow"] = Path(_log_tables_run(client, out, figures, names))
     for label, path in written.items():
         print(f"{label}: {path}")
     return 0
+
+
+TABLES_EXPERIMENT = "mec-tables"
+
+
+def _log_tables_run(client, tables: Path, figures: Path, sources: list[str]) -> str:
+    """Record this regeneration as a run of its own (tables and figures as artifacts); returns the run's URI."""
+    from mec.tracking import ensure_experiment
+
+    experiment_id = ensure_experiment(client, TABLES_EXPERIMENT)
+    run = client.create_run(experiment_id, run_name="tables", tags={"mec.stage": "tables",
+                                                                     "mec.source_experiments": ",".join(sources)})
+    client.log_artifacts(run.info.run_id, str(tables), "tables")
+    if figures.exists():
+        client.log_artifacts(run.info.run_id, str(figures), "figures")
+    client.set_terminated(run.info.run_id)
+    return f"runs:/{run.info.run_id}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     tables.add_argument("--experiment", action="append", help="MLflow experiment(s) to read (default: all)")
     tables.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite results/mlflow.db")
     tables.add_argument("--out", default="results/tables", help="output folder (default: results/tables)")
+    tables.add_argument("--figures", default="results/figures", help="figure folder (default: results/figures)")
+    tables.add_argument("--no-log", action="store_true", help="do not record the tables and figures in MLflow")
     tables.set_defaults(run=_tables)
     return parser
 

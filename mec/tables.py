@@ -17,7 +17,8 @@ from mec.tracking import resolve_tracking_uri
 
 MISSING = "n/a"
 # What an evaluation's row shows: its final numbers, not per-epoch series (those are in MLflow).
-FINAL_METRICS = ("_best", "_last", "top1_k20", "top1_k200", "transfer/score", "tsne/points")
+FINAL_SUFFIXES = ("_best", "_last")
+FINAL_PREFIXES = ("knn/top1_k", "transfer/score", "tsne/points")
 PRETRAIN_COLUMNS = (
     "monitor/knn_top1",
     "monitor/random_init/knn_top1",
@@ -69,7 +70,7 @@ def experiment_summary(runs: pd.DataFrame) -> pd.DataFrame:
         for _, ev in evals[evals["tag:mec.pretrain_run_id"] == pre["run_id"]].iterrows():
             for column in metric_columns:
                 value = ev.get(column)
-                if _present(value) and column.endswith(FINAL_METRICS):
+                if _present(value) and (column.endswith(FINAL_SUFFIXES) or column.startswith(FINAL_PREFIXES)):
                     row[f"{ev['tag:mec.evaluation']}:{column}"] = value
             row[f"{ev['tag:mec.evaluation']}:run_id"] = ev["run_id"]
         rows.append(row)

@@ -131,7 +131,8 @@ def test_experiment_summary_prints_missing_as_na(store):
 def test_mec_tables_command_writes_every_table(store, tmp_path):
     uri, _ = store
     proc = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300, check=False)
+                           str(tmp_path / "out"), "--figures", str(tmp_path / "out" / "figures")],
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     names = {p.stem for p in (tmp_path / "out").glob("table*.md")}
     assert names == {"table1_linear_by_epochs", "table2_semi_supervised", "table3_detection", "table4_tracking",
@@ -141,8 +142,12 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
 
     with Image.open(tmp_path / "out" / "figures" / "pretraining_curves.png") as image:
         assert image.size[0] > 500
+    client = MlflowClient(uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("mec-tables").experiment_id])
+    paths = {a.path for a in client.list_artifacts(logged.info.run_id, "tables")}
+    assert "tables/table1_linear_by_epochs.csv" in paths
     missing = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--experiment",
-                              "nope", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300,
+                              "nope", "--out", str(tmp_path / "x"), "--no-log"], capture_output=True, text=True, timeout=300,
                              check=False)
     assert missing.returncode == 2 and "'nope' not found" in missing.stderr
 

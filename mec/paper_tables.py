@@ -49,9 +49,11 @@ def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished evaluation runs with their pretraining run's params as ``pre:<key>`` columns."""
     if runs.empty or "tag:mec.stage" not in runs:
         return pd.DataFrame()
+    from mec.tables import latest_evaluations
+
     finished = runs[runs["status"] == "FINISHED"]
     pre = finished[finished["tag:mec.stage"] == "pretrain"]
-    ev = finished[finished["tag:mec.stage"] == "evaluate"]
+    ev = latest_evaluations(runs)
     if ev.empty or pre.empty:
         return pd.DataFrame()
     params = [c for c in pre.columns if c.startswith("param:")]

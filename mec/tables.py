@@ -37,7 +37,8 @@ def experiment_runs(experiment: str, tracking_uri: str | None = None) -> pd.Data
         raise LookupError(f"MLflow experiment {experiment!r} not found at {client.tracking_uri}")
     rows = []
     for run in _all_runs(client, found.experiment_id):
-        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status}
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+               "start_time": run.info.start_time}
         row |= {f"tag:{k}": v for k, v in run.data.tags.items()}
         row |= {f"param:{k}": v for k, v in run.data.params.items()}
         row |= dict(run.data.metrics)
@@ -60,9 +61,9 @@ def experiment_summary(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty or "tag:mec.stage" not in runs:
         return pd.DataFrame(columns=["run", "run_id"])
     pretrain = runs[runs["tag:mec.stage"] == "pretrain"]
-    evals = runs[runs["tag:mec.stage"] == "evaluate"] if "tag:mec.pretrain_run_id" in runs else runs.iloc[0:0]
+    evals = latest_evaluations(runs)
     metric_columns = [c for c in runs.columns if not c.startswith(("tag:", "param:")) and c not in
-                      ("run_id", "run_name", "status")]
+                      ("run_id", "run_name", "status", "start_time")]
     rows = []
     for _, pre in pretrain.sort_values("run_name").iterrows():
         row = {"run": pre.get("tag:mec.run", pre["run_name"]), "run_id": pre["run_id"]}
@@ -75,6 +76,15 @@ def experiment_summary(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{ev['tag:mec.evaluation']}:run_id"] = ev["run_id"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def latest_evaluations(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished evaluation runs, the newest per (pretraining run, evaluation): a rerun replaces, never adds a seed."""
+    if "tag:mec.pretrain_run_id" not in runs or "tag:mec.evaluation" not in runs:
+        return runs.iloc[0:0]
+    evals = runs[(runs["tag:mec.stage"] == "evaluate") & (runs["status"] == "FINISHED")]
+    return evals.sort_values("start_time").drop_duplicates(["tag:mec.pretrain_run_id", "tag:mec.evaluation"],
+                                                           keep="last")
 
 
 def _present(value: object) -> bool:

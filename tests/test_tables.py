@@ -163,3 +163,23 @@ def test_taylor_figure_errors_fall_with_the_order(tmp_path):
         assert error[(d, "1")] > error[(d, "2")] > error[(d, "4")]
     with Image.open(taylor_error_figure(table, tmp_path / "fig6.png", device="cpu")) as image:
         assert image.size[0] > image.size[1]
+
+
+def test_a_rerun_evaluation_replaces_the_older_run_instead_of_counting_as_a_seed(tmp_path):
+    import time
+
+    from mec.paper_tables import evaluation_rows
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("rerun")
+    pre = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder", "optim.epochs": 100})
+    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
+         {"linear/top1_best": 0.10}, parent=pre)
+    time.sleep(0.01)
+    newer = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
+                 {"linear/top1_best": 0.70}, parent=pre)
+    runs = experiment_runs("rerun", uri)
+    assert list(evaluation_rows(runs)["run_id"]) == [newer]
+    summary = experiment_summary(runs)
+    assert summary.loc[0, "linear:linear/top1_best"] == 0.70 and summary.loc[0, "linear:run_id"] == newer

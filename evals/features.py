@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from evals.job import load_frozen_backbone, select_device
@@ -43,26 +44,34 @@ def feature_key(backbone: Path, cfg: Config, split: str) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def load_or_extract(path: Path, extract: Callable[[], Features], what: str) -> tuple[Features, bool]:
+    """The features stored at ``path``, or ``extract()``-ed and stored there; the flag says "from the cache"."""
+    if path.exists():
+        stored = ckpt.load_checkpoint(path, required_keys=("features", "labels"))
+        log.info("reusing cached %s features %s", what, path)
+        return Features(stored["features"], stored["labels"]), True
+    features = extract()
+    ckpt.save_checkpoint(path, {"features": features.features, "labels": features.labels})
+    log.info("extracted %s features %s -> %s", what, tuple(features.features.shape), path)
+    return features, False
+
+
 def cached_features(backbone: Path, cfg: Config, split: str, cache_dir: Path) -> tuple[Features, bool]:
     """Features of ``split`` under ``backbone``; the flag says whether they came from the cache."""
     path = Path(cache_dir) / f"{split}-{feature_key(Path(backbone), cfg, split)}.pt"
-    if path.exists():
-        stored = ckpt.load_checkpoint(path, required_keys=("features", "labels"))
-        log.info("reusing cached %s features %s", split, path)
-        return Features(stored["features"], stored["labels"]), True
-    net, _ = load_frozen_backbone(backbone, cfg)
-    device = select_device()
-    dataset = build_eval_dataset(
-        cfg.data.name, cfg.data.root, eval_transform(cfg.data.augment, cfg.data.image_size), split,
-        download=cfg.data.download, digits_params=cfg.data.digits_params(),
-    )
-    loader = build_loader(dataset, 256, shuffle=False, drop_last=False, num_workers=cfg.data.num_workers,
-                          seed=0, distributed=False)
-    features = extract_features(net.to(device), loader, device)
-    ckpt.save_checkpoint(path, {"features": features.features, "labels": features.labels,
-                                "backbone": str(backbone), "split": split})
-    log.info("extracted %s features %s -> %s", split, tuple(features.features.shape), path)
-    return features, False
+
+    def extract() -> Features:
+        net, _ = load_frozen_backbone(backbone, cfg)
+        device = select_device()
+        dataset = build_eval_dataset(
+            cfg.data.name, cfg.data.root, eval_transform(cfg.data.augment, cfg.data.image_size), split,
+            download=cfg.data.download, digits_params=cfg.data.digits_params(),
+        )
+        loader = build_loader(dataset, 256, shuffle=False, drop_last=False, num_workers=cfg.data.num_workers,
+                              seed=0, distributed=False)
+        return extract_features(net.to(device), loader, device)
+
+    return load_or_extract(path, extract, split)
 
 
 def train_val_features(backbone: Path, cfg: Config, cache_dir: Path) -> tuple[Features, Features, bool]:

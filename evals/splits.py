@@ -12,12 +12,12 @@ Two kinds of split file, one image per line:
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from mec.checkpoint import write_text_atomically
 
 # SHA-256 of SimCLR's published split lists (12,811 and 128,116 lines).
 SIMCLR_SHA256 = {
@@ -46,13 +46,7 @@ def balanced_subset(targets: Sequence[int], fraction: float, seed: int = 0) -> l
 
 def write_split(path: Path, lines: Sequence[str]) -> Path:
     """Write a split list atomically (one entry per line)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomically(Path(path), "\n".join(lines) + "\n")
 
 
 def split_lines_for(samples: Sequence[tuple[str, int]] | None, root: Path | None, indices: Sequence[int]) -> list[str]:

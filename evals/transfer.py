@@ -31,11 +31,11 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from evals.features import file_digest
+from evals.features import file_digest, load_or_extract
 from evals.job import EvalJob, load_frozen_backbone, select_device
 from evals.splits import balanced_subset
-from mec import checkpoint as ckpt
 from mec.augment import IMAGENET_MEAN, IMAGENET_STD
+from mec.monitor import Features
 
 log = logging.getLogger(__name__)
 
@@ -90,27 +90,29 @@ def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tupl
     identity = json.dumps({"backbone": file_digest(Path(job.backbone)), "dataset": name,
                            "root": str(Path(root).resolve()), "split": split, "size": size}, sort_keys=True)
     path = Path(job.feature_cache) / f"transfer-{name}-{split}-{hashlib.sha256(identity.encode()).hexdigest()[:20]}.pt"
-    if path.exists():
-        stored = ckpt.load_checkpoint(path, required_keys=("features", "labels"))
-        return stored["features"].numpy(), stored["labels"].numpy()
-    transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
-                           T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    try:
-        dataset = DATASETS[name].build(root, split, transform)
-    except (RuntimeError, FileNotFoundError) as exc:
-        raise FileNotFoundError(f"transfer data set {name} not found under {root} (split {split!r}): {exc}") from None
-    net, _ = load_frozen_backbone(job.backbone, job.cfg)
-    device = select_device()
-    net = net.to(device).eval()
-    feats, labels = [], []
-    with torch.no_grad():
-        for images, targets in DataLoader(dataset, batch_size=128, num_workers=job.cfg.data.num_workers):
-            feats.append(net(images.to(device)).float().cpu())
-            labels.append(torch.as_tensor(np.asarray(targets)) if not isinstance(targets, list)
-                          else torch.stack(targets, dim=1))
-    features, label_tensor = torch.cat(feats), torch.cat(labels)
-    ckpt.save_checkpoint(path, {"features": features, "labels": label_tensor})
-    return features.numpy(), label_tensor.numpy()
+
+    def extract() -> Features:
+        transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
+                               T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        try:
+            dataset = DATASETS[name].build(root, split, transform)
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise FileNotFoundError(f"transfer data set {name} not found under {root} (split {split!r}): {exc}") \
+                from None
+        net, _ = load_frozen_backbone(job.backbone, job.cfg)
+        device = select_device()
+        net = net.to(device).eval()
+        feats, labels = [], []
+        with torch.no_grad():
+            for images, targets in DataLoader(dataset, batch_size=128, num_workers=job.cfg.data.num_workers):
+                feats.append(net(images.to(device)).float().cpu())
+                labels.append(torch.stack(targets, dim=1) if isinstance(targets, list)
+                              else torch.as_tensor(np.asarray(targets)))
+        # Unnormalised: the logistic regression standardises them itself.
+        return Features(torch.cat(feats), torch.cat(labels))
+
+    features, _ = load_or_extract(path, extract, f"{name} {split}")
+    return features.features.numpy(), features.labels.numpy()
 
 
 def _score(metric: str, clf: Any, x: np.ndarray, y: np.ndarray) -> float:

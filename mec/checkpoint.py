@@ -114,21 +114,14 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically: temporary file, flush + fsync, rename, directory fsync.
-
-    Raises ValueError (naming the offending key path) before writing anything when ``state`` holds a
-    value that ``torch.load(weights_only=True)`` would refuse.
-    """
+def _write_atomically(path: Path, write: Any) -> Path:
+    """Call ``write(handle)`` on a temporary sibling, flush + fsync, rename onto ``path``, fsync the directory."""
     path = Path(path)
-    if type(state) not in _MAPPING_TYPES:
-        raise ValueError(f"state must be a dict, got {type(state).__qualname__}")
-    _check_weights_only_safe(state, "state")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp-{os.getpid()}")
     try:
         with open(temporary, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -137,6 +130,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """A small text file (a stage record, a split list) written so that readers never see half of it."""
+    return _write_atomically(path, lambda handle: handle.write(text.encode()))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: temporary file, flush + fsync, rename, directory fsync.
+
+    Raises ValueError (naming the offending key path) before writing anything when ``state`` holds a
+    value that ``torch.load(weights_only=True)`` would refuse.
+    """
+    if type(state) not in _MAPPING_TYPES:
+        raise ValueError(f"state must be a dict, got {type(state).__qualname__}")
+    _check_weights_only_safe(state, "state")
+    return _write_atomically(Path(path), lambda handle: torch.save(state, handle))
 
 
 def checkpoint_path(directory: Path, epoch: int) -> Path:

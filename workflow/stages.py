@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,16 +38,7 @@ RUN_ID_FILE = "mlflow_run_id"
 
 def write_record(path: str | Path, record: Mapping[str, Any]) -> Path:
     """Write a rule's JSON output atomically (temp file + rename): a killed rule leaves no half record."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return ckpt.write_text_atomically(Path(path), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

@@ -33,5 +33,4 @@ include: "workflow/rules/tables.smk"
 rule all:
     input:
         rules.tables.output,
-        rules.figure_taylor.output,
     default_target: True

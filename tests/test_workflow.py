@@ -151,6 +151,10 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
     for record in records.values():
         assert record["run_id"] in summary
     assert "knn:knn/top1_k5" in summary
+    (figures_run,) = client.search_runs([client.get_experiment_by_name("wf-test").experiment_id],
+                                        "tags.`mec.stage` = 'figures'")
+    logged = {a.path for a in client.list_artifacts(figures_run.info.run_id, "figures")}
+    assert "figures/taylor_error.png" in logged
 
     again = _snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
     assert "Nothing to be done" in again.stdout + again.stderr

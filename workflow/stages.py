@@ -258,6 +258,7 @@ def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
     paths |= write_tables(experiment_runs(experiment.name, experiment.tracking_uri), out_dir / "paper")
     paths |= tsne_figures(experiment)
     paths |= curve_figures(experiment)
+    log_figures(experiment)
     log.info("tables and figures: %s", ", ".join(map(str, paths.values())))
     return paths
 
@@ -306,12 +307,19 @@ def tsne_figures(experiment: Experiment) -> dict[str, Path]:
             embedding = np.load(experiment.eval_dir(evaluation.name, run) / "embedding.npz")
             eps = read_record(experiment.pretrain_record(run))["config"]["loss"]["eps"]
             panels.append((f"{run} (eps = {eps:g})", embedding["points"], embedding["labels"]))
-        path = plot_panels(panels, experiment.output / "figures" / f"{evaluation.name}.png")
-        figures[f"figure:{evaluation.name}"] = path
-        client, _ = tracking_client(experiment)
-        experiment_id = ensure_experiment(client, experiment.name)
-        run_id = _owned_run(client, experiment_id, experiment.output / "figures", "figures",
-                            {"mec.stage": "figures"})
-        client.log_artifact(run_id, str(path), "figures")
-        client.set_terminated(run_id, "FINISHED")
+        figures[f"figure:{evaluation.name}"] = plot_panels(panels, experiment.output / "figures" / f"{evaluation.name}.png")
     return figures
+
+
+def log_figures(experiment: Experiment) -> None:
+    """Every PNG of the experiment's figure folder (t-SNE, curves, Figure 6) as artifacts of its "figures" run."""
+    folder = experiment.output / "figures"
+    pngs = sorted(folder.glob("*.png"))
+    if not pngs:
+        return
+    client, _ = tracking_client(experiment)
+    experiment_id = ensure_experiment(client, experiment.name)
+    run_id = _owned_run(client, experiment_id, folder, "figures", {"mec.stage": "figures"})
+    for png in pngs:
+        client.log_artifact(run_id, str(png), "figures")
+    client.set_terminated(run_id, "FINISHED")

@@ -8,6 +8,7 @@ localrules:
 rule tables:
     input:
         pretrain=[str(EXPERIMENT.pretrain_record(run)) for run in EXPERIMENT.runs],
+        taylor=f"{OUT}/figures/taylor_error.png",  # so that Figure 6 is logged with the others
         evaluations=[str(path) for path in EXPERIMENT.eval_records()],
     output:
         csv=f"{OUT}/tables/summary.csv",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 TINY_MODEL = {
@@ -28,3 +29,19 @@ def write_image_folder(root: Path, per_class: int = 12, size: int = 24) -> Path:
                 img[mask] = rng.integers(150, 255, 3)
                 Image.fromarray(img).save(folder / f"{i:03d}.png")
     return root
+
+
+def write_tiny_mec_config(tmp_path: Path, *, epochs: int = 2, per_class: int = 16, deterministic: bool = False) -> Path:
+    """A `mec` config YAML for a width-4 network on a written ImageFolder tree: 4 steps per epoch at 16 per class."""
+    data = write_image_folder(tmp_path / "data", per_class=per_class, size=16)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny",
+        "data": {"name": "imagefolder", "root": str(data), "augment": "digits", "image_size": 16, "num_workers": 0},
+        "model": TINY_MODEL,
+        "loss": {"eps": 2.0, "lambda_warmup_epochs": 1},
+        "optim": {"batch_size": 8, "base_lr": 0.1, "epochs": epochs, "warmup_epochs": 1},
+        "monitor": {"enabled": False},
+        "train": {"log_every": 1, "deterministic": deterministic},
+    }))
+    return path

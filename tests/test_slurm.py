@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL, write_image_folder
+from conftest import write_tiny_mec_config
 from mlflow.tracking import MlflowClient
 
 from workflow import stages
@@ -40,17 +40,7 @@ def slurm_cluster():
 
 
 def _experiment(tmp_path: Path, epochs: int = 2, launcher: str = "slurm", per_class: int = 16) -> dict:
-    data = write_image_folder(tmp_path / "data", per_class=per_class, size=16)
-    mec_config = tmp_path / "tiny.yaml"
-    mec_config.write_text(yaml.safe_dump({
-        "name": "tiny",
-        "data": {"name": "imagefolder", "root": str(data), "augment": "digits", "image_size": 16, "num_workers": 0},
-        "model": TINY_MODEL,
-        "loss": {"eps": 2.0, "lambda_warmup_epochs": 1},
-        "optim": {"batch_size": 8, "base_lr": 0.1, "epochs": epochs, "warmup_epochs": 1},
-        "monitor": {"enabled": False},
-        "train": {"log_every": 1, "deterministic": True},
-    }))
+    mec_config = write_tiny_mec_config(tmp_path, epochs=epochs, per_class=per_class, deterministic=True)
     return {
         "experiment": "slurm-test",
         "output": str(tmp_path / "results"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_MODEL, write_image_folder
+from conftest import write_tiny_mec_config
 from mlflow.tracking import MlflowClient
 
 from mec.config import ConfigError
@@ -73,17 +73,7 @@ def test_schema_rejects_an_unknown_key_before_anything_runs(tmp_path):
 
 
 def _tiny_experiment(tmp_path: Path, *, fail_group_b: bool) -> Path:
-    data = write_image_folder(tmp_path / "data", per_class=16, size=16)
-    mec_config = tmp_path / "tiny.yaml"
-    mec_config.write_text(yaml.safe_dump({
-        "name": "tiny",
-        "data": {"name": "imagefolder", "root": str(data), "augment": "digits", "image_size": 16, "num_workers": 0},
-        "model": TINY_MODEL,
-        "loss": {"eps": 2.0, "lambda_warmup_epochs": 1},
-        "optim": {"batch_size": 8, "base_lr": 0.1, "epochs": 2, "warmup_epochs": 1},
-        "monitor": {"enabled": False},
-        "train": {"log_every": 1},
-    }))
+    mec_config = write_tiny_mec_config(tmp_path)
     b_overrides = {"train.stop_after_steps": 5} if fail_group_b else {}  # 4 steps per epoch: dies in epoch 2
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(yaml.safe_dump({

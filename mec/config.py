@@ -48,6 +48,11 @@ class DataConfig(_Section):
     digits: DigitsRender = DigitsRender()
     # Keyword overrides of the augmentation recipe (e.g. crop_scale for digits); empty = the recipe as published.
     augment_options: dict[str, Any] = Field(default_factory=dict)
+    # same_image: the two views augment one image (SSL's usual); same_source: they augment two different
+    # renderings of one source digit (folder data sets with files named <source>_<variant>; mec.data.SourcePairs).
+    positives: Literal["same_image", "same_source"] = "same_image"
+    # With positives=same_source: the probability that view 2 is another rendering (else the same file as view 1).
+    source_pair_p: float = Field(1.0, ge=0, le=1)
 
     def digits_params(self) -> dict[str, Any]:
         """Keyword arguments of `mec.digits.write_digit_folders` for this data set."""
@@ -65,9 +70,18 @@ class ModelConfig(_Section):
     projector_hidden: int = Field(2048, ge=1)
     embedding_dim: int = Field(2048, ge=1)  # d in the paper
     predictor_hidden: int = Field(512, ge=1)  # appendix C
+    # asymmetric: student predictor against an EMA teacher (released code, appendix C); symmetric: the paper's
+    # Algorithm 1 for "symmetric nets", one encoder on both views, gradients through both, no predictor.
+    architecture: Literal["asymmetric", "symmetric"] = "asymmetric"
     use_teacher: bool = True  # EMA teacher of backbone + projector (appendix C)
     teacher_momentum: float = Field(0.996, ge=0, le=1)  # cosine schedule to 1 (appendix C)
     sync_batchnorm: bool = True  # released code: SyncBN over the whole model under DDP
+
+    @model_validator(mode="after")
+    def _symmetric_has_no_teacher(self) -> ModelConfig:
+        if self.architecture == "symmetric" and self.use_teacher:
+            raise ValueError("architecture=symmetric has no teacher and no predictor; set model.use_teacher=false")
+        return self
 
 
 class LossConfig(_Section):

@@ -27,6 +27,9 @@ from mec.digits import write_digit_folders
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "places365")
 SPLITS = ("train", "val")
+# Where the two views of a pretraining pair come from: two augmentations of one image (SSL's usual), or
+# two different files of one source (`<source>_<variant>.<ext>` in an ImageFolder, as `mec.digits` writes).
+POSITIVES = ("same_image", "same_source")
 
 Transform = Callable[[Any], Any]
 
@@ -72,6 +75,66 @@ def _image_folder(name: str, root: Path, transform: Transform, split: str) -> Im
         ) from err
 
 
+class SourcePairs(Dataset):
+    """Pairs of different files of one source object from an ImageFolder, one pair per source per epoch.
+
+    The files of a source are named `<source>_<variant>.<ext>` (any class folder; `<source>` is the stem up to
+    its last underscore). Item `i` picks two distinct variants of the i-th source and returns
+    `((view1(a), view2(b)), label)` for a `TwoViewTransform`, so the pair differs by everything the renderer
+    varied (colours, texture, position, scale, rotation) as well as by the augmentations. The variants are drawn
+    from torch's RNG, which `build_loader` seeds per worker and epoch, so a resumed run draws the same pairs.
+
+    With probability `1 - pair_p` both views come from the same file instead (SSL's usual pair): two crops
+    of one rendering agree on many features even through a random network, which gives the objective aligned
+    directions to spread from while the other pairs teach the renderer's nuisances (measured on the digits:
+    pair_p 0.5 beat both 0 and 1).
+
+    One item per source also keeps a source's variants from being negatives of each other in a batch: they
+    differ only by nuisances, and telling them apart would teach exactly those.
+    """
+
+    def __init__(self, folder: ImageFolder, two_view: Transform, pair_p: float = 1.0) -> None:
+        if not 0.0 <= pair_p <= 1.0:
+            raise ValueError(f"pair_p must be a probability in [0, 1], got {pair_p!r}")
+        if not (hasattr(two_view, "view1") and hasattr(two_view, "view2")):
+            raise TypeError(f"SourcePairs needs a TwoViewTransform, got {type(two_view).__name__}")
+        groups: dict[tuple[int, str], list[str]] = {}
+        for path, label in folder.samples:
+            stem = Path(path).stem
+            source, sep, _ = stem.rpartition("_")
+            if not sep:
+                raise ValueError(
+                    f"data.positives=same_source: file {path} is not named <source>_<variant>.<ext>; every "
+                    "source needs at least two variants named this way"
+                )
+            groups.setdefault((label, f"{Path(path).parent}/{source}"), []).append(path)
+        single = [key[1] for key, paths in groups.items() if len(paths) < 2]
+        if single:
+            raise ValueError(
+                f"data.positives=same_source needs at least two files per source; {len(single)} source(s) have "
+                f"one (first: {single[0]}); render more variants (data.digits.variants_train >= 2)"
+            )
+        self.loader = folder.loader
+        self.pair_p = pair_p
+        self.two_view = two_view
+        self.sources = [(sorted(paths), label) for (label, _), paths in sorted(groups.items(), key=lambda kv: kv[0][1])]
+        self.targets = [label for _, label in self.sources]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> tuple[tuple[Any, Any], int]:
+        paths, label = self.sources[index]
+        first = int(torch.randint(len(paths), ()))
+        second = first
+        if float(torch.rand(())) < self.pair_p:
+            # A second variant different from the first, uniformly among the others.
+            second = (first + 1 + int(torch.randint(len(paths) - 1, ()))) % len(paths)
+        view1 = self.two_view.view1(self.loader(paths[first]))
+        view2 = self.two_view.view2(self.loader(paths[second]))
+        return (view1, view2), label
+
+
 def _build_dataset(
     name: str,
     root: str | Path,
@@ -101,8 +164,13 @@ def build_pretrain_dataset(
     download: bool = False,
     split: str = "train",
     digits_params: dict[str, Any] | None = None,
+    positives: str = "same_image",
+    source_pair_p: float = 1.0,
 ) -> Dataset:
     """The images of data set `name` under `root` (split "train" or "val"), each passed through `transform`.
+
+    positives: "same_image" applies the two-view `transform` to one image; "same_source" (folder data sets
+        only) pairs two files of one source, see `SourcePairs` (`source_pair_p` is its `pair_p`).
 
     download: CIFAR only; otherwise missing files raise FileNotFoundError naming the expected folder.
     digits_params: keyword arguments of `mec.digits.write_digit_folders` (size, variants, seed and render
@@ -114,7 +182,14 @@ def build_pretrain_dataset(
     alternative for its own layout (the archives plus the devkit's `categories_places365.txt` and
     `places365_{train_standard,val}.txt` file lists); it is not used here.
     """
-    return _build_dataset(name, root, transform, split, download, digits_params)
+    if positives not in POSITIVES:
+        raise ValueError(f"unknown positives {positives!r}; expected one of {list(POSITIVES)}")
+    if positives == "same_image":
+        return _build_dataset(name, root, transform, split, download, digits_params)
+    if name in ("cifar10", "cifar100"):
+        raise ValueError(f"data.positives=same_source needs files named <source>_<variant>; {name} has none")
+    folder = _build_dataset(name, root, None, split, download, digits_params)
+    return SourcePairs(folder, transform, source_pair_p)
 
 
 def build_eval_dataset(

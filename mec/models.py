@@ -175,12 +175,18 @@ class MECModel(nn.Module):
     (as the released code does). The teacher follows the model's train/eval mode: in training its BN uses
     batch statistics. With ``use_teacher=False`` (SimSiam-style) there is no teacher and the targets are
     the student's projector outputs behind a stop-gradient.
+
+    With ``predictor=None`` the model is the symmetric net of the paper's Algorithm 1: one encoder
+    (backbone + projector) embeds both views and the loss reaches both, no predictor, no teacher, no
+    stop-gradient; ``forward`` then returns the two embeddings as both (p1, p2) and (z1, z2).
     """
 
     def __init__(
-        self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module, use_teacher: bool = True
+        self, backbone: nn.Module, projector: nn.Module, predictor: nn.Module | None, use_teacher: bool = True
     ) -> None:
         super().__init__()
+        if predictor is None and use_teacher:
+            raise ValueError("the symmetric net (predictor=None) has no teacher; pass use_teacher=False")
         self.backbone = backbone
         self.projector = projector
         self.predictor = predictor
@@ -194,6 +200,8 @@ class MECModel(nn.Module):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> ViewPairOutputs:
         embedding1 = self.projector(self.backbone(x1))
         embedding2 = self.projector(self.backbone(x2))
+        if self.predictor is None:
+            return ViewPairOutputs(embedding1, embedding2, embedding1, embedding2)
         p1, p2 = self.predictor(embedding1), self.predictor(embedding2)
         if self.teacher_backbone is None or self.teacher_projector is None:
             return ViewPairOutputs(p1, p2, embedding1.detach(), embedding2.detach())
@@ -201,6 +209,11 @@ class MECModel(nn.Module):
             z1 = self.teacher_projector(self.teacher_backbone(x1))
             z2 = self.teacher_projector(self.teacher_backbone(x2))
         return ViewPairOutputs(p1, p2, z1, z2)
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether this is Algorithm 1's symmetric net (no predictor, gradients through both views)."""
+        return self.predictor is None
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

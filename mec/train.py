@@ -82,7 +82,7 @@ def build_model(cfg: Config) -> MECModel:
     backbone = build_backbone_from_config(cfg)
     make_projector = released_projector if m.projector == "released" else cifar_projector
     projector = make_projector(backbone.feature_dim, hidden=m.projector_hidden, out=m.embedding_dim)
-    head = predictor(m.embedding_dim, hidden=m.predictor_hidden)
+    head = predictor(m.embedding_dim, hidden=m.predictor_hidden) if m.architecture == "asymmetric" else None
     return MECModel(backbone, projector, head, use_teacher=m.use_teacher)
 
 
@@ -168,7 +168,8 @@ def pretrain(cfg: Config, config_file: Path | None = None, run_id: str | None = 
 
     two_view = build_two_view(cfg.data.augment, cfg.data.image_size, **cfg.data.augment_options)
     dataset = build_pretrain_dataset(
-        cfg.data.name, cfg.data.root, two_view, download=cfg.data.download, digits_params=cfg.data.digits_params()
+        cfg.data.name, cfg.data.root, two_view, download=cfg.data.download, digits_params=cfg.data.digits_params(),
+        positives=cfg.data.positives, source_pair_p=cfg.data.source_pair_p,
     )
     local_batch = cfg.optim.batch_size // world
     loader = build_loader(
@@ -259,10 +260,12 @@ def pretrain(cfg: Config, config_file: Path | None = None, run_id: str | None = 
                 scale = lambda_warmup_scale(step, lambda_warmup_steps, cfg.loss.lambda_warmup_factor)
                 with autocast:
                     p1, p2, z1, z2 = train_model(view1, view2)
-                # Released pairing: teacher view 1 with student view 2, and the reverse. The loss leaves
-                # autocast and evaluates the series in float32 (bf16 powers of C lose the higher terms).
+                # Released pairing: teacher view 1 with student view 2, and the reverse; the symmetric net has
+                # one pair (Algorithm 1). The loss leaves autocast and evaluates the series in float32 (bf16
+                # powers of C lose the higher terms).
+                pairs = [(z1, z2)] if model.symmetric else [(z1, p2), (z2, p1)]
                 try:
-                    out = loss_fn([(z1, p2), (z2, p1)], lambda_scale=scale)
+                    out = loss_fn(pairs, lambda_scale=scale)
                 except FloatingPointError as exc:
                     raise FloatingPointError(f"step {step} (epoch {epoch + 1}): {exc}") from None
                 optimizer.zero_grad(set_to_none=True)

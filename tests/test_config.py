@@ -66,3 +66,10 @@ def test_bad_files(tmp_path: Path):
     wrong.write_text("optim:\n  epochs: 2\n  warmup_epochs: 5\n")
     with pytest.raises(ConfigError, match=r"wrong.yaml: .*warmup_epochs \(5.0\) must not exceed epochs \(2\)"):
         load_config(wrong)
+
+
+def test_symmetric_architecture_needs_the_teacher_off():
+    with pytest.raises(ConfigError, match="architecture=symmetric has no teacher .* set model.use_teacher=false"):
+        load_config("imagenet-100ep", ["model.architecture=symmetric"])
+    cfg = load_config("imagenet-100ep", ["model.architecture=symmetric", "model.use_teacher=false"])
+    assert cfg.model.architecture == "symmetric"

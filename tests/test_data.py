@@ -270,3 +270,50 @@ def test_palette_limits_colour_pairs_to_a_fixed_set():
     assert len(free) > 30
     with pytest.raises(ValueError, match="palette_size must be >= 0"):
         DigitStyle(palette_size=-1)
+
+
+class _TagViews:
+    """A stand-in TwoViewTransform that passes its input through (the tests make that input the file path)."""
+
+    def view1(self, image):
+        return image
+
+    def view2(self, image):
+        return image
+
+
+PAIRED = {"seed": 0, "size": 16, "variants_train": 2, "variants_val": 1}
+
+
+def test_source_pairs_give_two_renderings_of_one_source_once_per_epoch(tmp_path):
+    root = tmp_path / "digits"
+    pairs = build_pretrain_dataset("digits", root, _TagViews(), digits_params=PAIRED, positives="same_source")
+    pairs.loader = str  # views of the file paths instead of the images: which files were paired
+    sources = _sources(root, "train")
+    assert len(pairs) == len(sources)  # one item per source digit, not per rendering
+    torch.manual_seed(0)
+    for index in range(0, len(pairs), 7):
+        (first, second), label = pairs[index]
+        assert first != second  # pair_p = 1: always two different renderings ...
+        assert Path(first).stem.split("_")[0] == Path(second).stem.split("_")[0]  # ... of one source digit
+        assert Path(first).parent.name == Path(second).parent.name == str(label)
+
+    same_file = build_pretrain_dataset("digits", root, _TagViews(), digits_params=PAIRED, positives="same_source",
+                                       source_pair_p=0.0)
+    same_file.loader = str
+    assert all(len(set(same_file[i][0])) == 1 for i in range(0, len(same_file), 7))
+
+
+def test_source_pairs_reject_files_without_sources_or_with_one_rendering(tmp_path):
+    for name in ("cat.png", "0001_00.png"):
+        (tmp_path / "train" / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a" / name)
+    with pytest.raises(ValueError, match=r"cat\.png is not named <source>_<variant>"):
+        build_pretrain_dataset("imagefolder", tmp_path, _TagViews(), positives="same_source")
+    (tmp_path / "train" / "a" / "cat.png").unlink()
+    with pytest.raises(ValueError, match=r"at least two files per source; 1 source\(s\) have one .*0001"):
+        build_pretrain_dataset("imagefolder", tmp_path, _TagViews(), positives="same_source")
+    with pytest.raises(ValueError, match="cifar10 has none"):
+        build_pretrain_dataset("cifar10", tmp_path, _TagViews(), positives="same_source")
+    with pytest.raises(ValueError, match="unknown positives 'neighbours'"):
+        build_pretrain_dataset("imagefolder", tmp_path, _TagViews(), positives="neighbours")

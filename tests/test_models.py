@@ -288,3 +288,19 @@ def test_convert_sync_batchnorm_only_when_distributed_on_an_accelerator(tmp_path
     assert norms and all(isinstance(module, nn.SyncBatchNorm) for module in norms)
     assert "conv1.weight" in converted.student_backbone_state_dict()
     assert converted.teacher_backbone is not None
+
+
+def test_symmetric_net_embeds_both_views_with_gradients_and_has_no_teacher():
+    torch.manual_seed(0)
+    model = MECModel(build_backbone("resnet18", width=4, cifar_stem=True), released_projector(32, 16, 8), None,
+                     use_teacher=False)
+    assert model.symmetric and model.teacher_backbone is None
+    x1, x2 = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    p1, p2, z1, z2 = model(x1, x2)
+    torch.testing.assert_close(z2, model.projector(model.backbone(x2)))
+    assert p1 is z1 and p2 is z2 and z1.requires_grad and z2.requires_grad
+    # Algorithm 1: the loss of (z1, z2) reaches the encoder through both views.
+    grad_from_view2 = torch.autograd.grad((z1.detach() * z2).sum(), model.backbone.conv1.weight)[0]
+    assert grad_from_view2.abs().sum() > 0
+    with pytest.raises(ValueError, match="symmetric net .* has no teacher"):
+        MECModel(model.backbone, model.projector, None, use_teacher=True)

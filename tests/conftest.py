@@ -14,8 +14,11 @@ TINY_MODEL = {
 }
 
 
-def write_image_folder(root: Path, per_class: int = 12, size: int = 24) -> Path:
-    """A real ImageFolder tree: two classes (bright disc / dark bar) on noise, PNG files."""
+def write_image_folder(root: Path, per_class: int = 12, size: int = 24, variants: int = 1) -> Path:
+    """A real ImageFolder tree: two classes (bright disc / dark bar) on noise, PNG files.
+
+    variants > 1 names the files `<source>_<variant>.png`, `variants` per source (data.positives=same_source).
+    """
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
     for split in ("train", "val"):
@@ -27,7 +30,8 @@ def write_image_folder(root: Path, per_class: int = 12, size: int = 24) -> Path:
                 cx, cy = rng.integers(6, size - 6, 2)
                 mask = (xx - cx) ** 2 + (yy - cy) ** 2 < 16 if label == 0 else (abs(xx - cx) < 2) & (abs(yy - cy) < 6)
                 img[mask] = rng.integers(150, 255, 3)
-                Image.fromarray(img).save(folder / f"{i:03d}.png")
+                name = f"{i:03d}.png" if variants == 1 else f"{i // variants:03d}_{i % variants}.png"
+                Image.fromarray(img).save(folder / name)
     return root
 
 

@@ -45,6 +45,11 @@ def image_folder(tmp_path_factory) -> Path:
     return write_image_folder(tmp_path_factory.mktemp("imagefolder"))
 
 
+@pytest.fixture(scope="module")
+def paired_image_folder(tmp_path_factory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("paired"), variants=2)
+
+
 def test_pretrain_logs_checkpoints_and_exports(tmp_path, image_folder):
     tree = tiny_config(tmp_path, image_folder, monitor={"enabled": True, "few_shot": 2, "few_shot_draws": 2})
     cfg = build_config(tree)
@@ -161,14 +166,15 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-def test_every_shipped_config_trains_a_few_steps(tmp_path, image_folder, name):
+def test_every_shipped_config_trains_a_few_steps(tmp_path, image_folder, paired_image_folder, name):
     """solo-learn style smoke test: the shipped recipe (optimiser, loss, heads, augmentations) runs.
 
     Only what cannot fit a CPU test changes: the data (a small ImageFolder), batch, image size and epochs.
     """
     cfg = load_config(name)
     tree = cfg.model_dump(mode="json")
-    tree["data"] |= {"name": "imagefolder", "root": str(image_folder), "num_workers": 0,
+    folder = paired_image_folder if cfg.data.positives == "same_source" else image_folder
+    tree["data"] |= {"name": "imagefolder", "root": str(folder), "num_workers": 0,
                      "image_size": 32 if cfg.data.augment == "imagenet" else 16}
     tree["optim"] |= {"batch_size": 8, "epochs": 1, "warmup_epochs": 0}
     tree["loss"] |= {"lambda_warmup_epochs": 0}

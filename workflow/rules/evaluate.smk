@@ -5,6 +5,7 @@ rule evaluate:
         pretrain=f"{OUT}/pretrain/{{run}}/pretrain.json",
     output:
         f"{OUT}/eval/{{evaluation}}/{{run}}/result.json",
+    threads: job_threads(lambda wc: EXPERIMENT.evaluation(wc.evaluation))
     resources:
         nodes=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("nodes", 1),
         gpus_per_node=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("gpus_per_node", 0),

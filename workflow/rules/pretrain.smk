@@ -5,6 +5,7 @@ rule pretrain:
         rules.mlflow_experiment.output,
     output:
         f"{OUT}/pretrain/{{run}}/pretrain.json",
+    threads: job_threads(lambda wc: EXPERIMENT.run(wc.run))
     resources:
         nodes=lambda wc: EXPERIMENT.run(wc.run).resources.get("nodes", 1),
         gpus_per_node=lambda wc: EXPERIMENT.run(wc.run).resources.get("gpus_per_node", 0),

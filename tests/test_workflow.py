@@ -72,6 +72,17 @@ def test_schema_rejects_an_unknown_key_before_anything_runs(tmp_path):
     assert "sedds" in proc.stdout + proc.stderr
 
 
+def test_local_jobs_take_their_cores_and_slurm_jobs_do_not(tmp_path):
+    """`--cores 2` on a laptop runs one 2-CPU job at a time; under SLURM a rule only waits on its job."""
+    local = _snakemake(tmp_path, "-n", "--cores", "2")
+    assert local.returncode == 0, local.stderr[-3000:]
+    threads = [line.split()[1] for line in local.stdout.splitlines() if line.strip().startswith("threads:")]
+    assert threads and set(threads) == {"2"}
+    cluster = _snakemake(tmp_path, "-n", "--cores", "64", "--config", "launcher=slurm")
+    assert cluster.returncode == 0, cluster.stderr[-3000:]
+    assert "threads:" not in cluster.stdout  # Snakemake prints threads only when above 1
+
+
 def _tiny_experiment(tmp_path: Path, *, fail_group_b: bool) -> Path:
     mec_config = write_tiny_mec_config(tmp_path)
     b_overrides = {"train.stop_after_steps": 5} if fail_group_b else {}  # 4 steps per epoch: dies in epoch 2
@@ -82,8 +93,9 @@ def _tiny_experiment(tmp_path: Path, *, fail_group_b: bool) -> Path:
         "launcher": "local",
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "pretrain": {
-            "a": {"config": str(mec_config), "seeds": [0, 1]},
-            "b": {"config": str(mec_config), "overrides": b_overrides},
+            # One core per job: `--cores 2` runs two jobs side by side against one SQLite store.
+            "a": {"config": str(mec_config), "seeds": [0, 1], "resources": {"cpus_per_task": 1}},
+            "b": {"config": str(mec_config), "overrides": b_overrides, "resources": {"cpus_per_task": 1}},
         },
         "evaluate": {"knn": {"runs": ["a", "b"], "options": {"k": [5]}}},
     }))

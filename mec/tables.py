@@ -43,7 +43,10 @@ def experiment_runs(experiment: str, tracking_uri: str | None = None) -> pd.Data
         row |= {f"param:{k}": v for k, v in run.data.params.items()}
         row |= dict(run.data.metrics)
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    fixed = [c for c in ("run", "run_id", *PRETRAIN_COLUMNS) if c in table]
+    # Evaluation columns by name, not in the order the evaluations finished: a rerun gives the same table.
+    return table[fixed + sorted(c for c in table.columns if c not in fixed)]
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list:
@@ -75,7 +78,10 @@ def experiment_summary(runs: pd.DataFrame) -> pd.DataFrame:
                     row[f"{ev['tag:mec.evaluation']}:{column}"] = value
             row[f"{ev['tag:mec.evaluation']}:run_id"] = ev["run_id"]
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    fixed = [c for c in ("run", "run_id", *PRETRAIN_COLUMNS) if c in table]
+    # Evaluation columns by name, not in the order the evaluations finished: a rerun gives the same table.
+    return table[fixed + sorted(c for c in table.columns if c not in fixed)]
 
 
 def latest_evaluations(runs: pd.DataFrame) -> pd.DataFrame:

@@ -96,7 +96,8 @@ class LossConfig(_Section):
     # Appendix E: ||C||_2 <= lambda * m. "error" refuses configs that violate it; the released setting does
     # (lambda * m = 32) and converges in practice, hence "warn" by default.
     convergence_check: Literal["warn", "error", "off"] = "warn"
-    spectral_norm_every: int = Field(50, ge=0)  # steps between logged ||C||_2 estimates; 0 = never
+    # steps between logged ||C||_2 estimates and embedding effective ranks; 0 = never
+    spectral_norm_every: int = Field(50, ge=0)
 
 
 class OptimConfig(_Section):

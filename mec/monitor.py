@@ -40,6 +40,24 @@ def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.devi
     return Features(torch.cat(feats), torch.cat(labels))
 
 
+@torch.no_grad()
+def effective_rank(embeddings: torch.Tensor) -> float:
+    """exp(entropy of the normalised singular values) of l2-normalised, centred rows (Roy & Vetterli, 2007).
+
+    Between 1 (every row on one line) and min(n, d) (a flat spectrum): a cheap view of dimensional collapse,
+    which the cross-view coding length does not prevent by itself (README, "The offline default").
+    """
+    if embeddings.ndim != 2 or min(embeddings.shape) < 2:
+        raise ValueError(f"embeddings must be [n, d] with n, d >= 2, got shape {tuple(embeddings.shape)}")
+    rows = F.normalize(embeddings.detach().float(), dim=1)
+    singular = torch.linalg.svdvals(rows - rows.mean(dim=0))
+    if float(singular.sum()) == 0.0:
+        return 0.0  # identical rows: nothing spread at all
+    p = singular / singular.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
 def knn_accuracy(train: Features, test: Features, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> float:
     """Top-1 of the weighted kNN of InstDisc/DINO: neighbours vote with weight exp(cosine / T)."""
     if k < 1 or temperature <= 0:

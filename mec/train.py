@@ -36,7 +36,7 @@ from mec.models import (
     predictor,
     released_projector,
 )
-from mec.monitor import extract_features, feature_quality
+from mec.monitor import effective_rank, extract_features, feature_quality
 from mec.optim import build_optimizer
 from mec.schedules import lambda_warmup_scale, teacher_momentum, warmup_cosine
 from mec.tracking import RunLogger, environment_tags
@@ -288,8 +288,11 @@ def pretrain(cfg: Config, config_file: Path | None = None, run_id: str | None = 
                         "train/teacher_momentum": momentum,
                     }
                     every = cfg.loss.spectral_norm_every
-                    if every and cfg.loss.order is not None and (step % every == 0 or step == 1):
-                        metrics["train/spectral_norm"] = _spectral_norm_of(z1, p2, out.lam)
+                    if every and (step % every == 0 or step == 1):
+                        # Dimensional collapse shows here long before it shows in the loss.
+                        metrics["train/embedding_rank"] = effective_rank(p2)
+                        if cfg.loss.order is not None:
+                            metrics["train/spectral_norm"] = _spectral_norm_of(z1, p2, out.lam)
                     logger.log_metrics(metrics, step)
                     if not sys.stderr.isatty():
                         log.info("epoch %d step %d/%d loss %.5f lr %.4g lambda %.4g", epoch + 1, step,

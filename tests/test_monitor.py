@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mec.monitor import (
     Features,
+    effective_rank,
     few_shot_accuracy,
     few_shot_subset,
     knn_accuracy,
@@ -59,3 +60,18 @@ def test_few_shot_subset_takes_exactly_shots_per_class():
     assert len(set(idx.tolist())) == 9
     with pytest.raises(ValueError, match="class 1 has 3 training images, fewer than few_shot=4"):
         few_shot_subset(labels, 4, np.random.default_rng(0))
+
+
+def test_effective_rank_tells_a_flat_spectrum_from_a_collapsed_one():
+    torch.manual_seed(0)
+    basis = torch.eye(8)
+    spread = torch.cat([basis, -basis])  # 16 rows on 8 orthogonal axes, centred: a flat spectrum
+    assert effective_rank(spread) == pytest.approx(8.0, rel=1e-4)
+    line = torch.randn(32, 1) @ torch.randn(1, 8)  # every row on one line (both signs): rank 1
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-3)
+    # A few dominant directions plus noise sits in between, and the value does not depend on row scale.
+    few = torch.randn(64, 3) @ torch.randn(3, 32) + 0.05 * torch.randn(64, 32)
+    assert 2.0 < effective_rank(few) < 6.0
+    assert effective_rank(few * 10.0) == pytest.approx(effective_rank(few), rel=1e-4)
+    with pytest.raises(ValueError, match=r"\[n, d\] with n, d >= 2"):
+        effective_rank(torch.randn(5))

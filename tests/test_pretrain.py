@@ -64,7 +64,7 @@ def test_pretrain_logs_checkpoints_and_exports(tmp_path, image_folder):
     losses = metric_history(cfg.tracking.tracking_uri, result.run_id, "train/loss")
     assert [s for s, _ in losses] == list(range(1, 2 * steps_per_epoch + 1))
     for key in ("train/lr", "train/lambda", "train/teacher_momentum", "train/coding_length", "train/spectral_norm",
-                "epoch/loss"):
+                "train/embedding_rank", "epoch/loss"):
         assert key in run.data.metrics, key
     assert set(result.metrics) >= {"monitor/knn_top1", "monitor/random_init/knn_top1", "monitor/linear_2shot_top1"}
     assert all(0.0 <= v <= 1.0 for v in result.metrics.values())

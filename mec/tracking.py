@@ -39,10 +39,16 @@ def resolve_tracking_uri(configured: str | None = None, store_dir: Path = DEFAUL
     return f"sqlite:///{store_dir / 'mlflow.db'}"
 
 
-def default_artifact_location(tracking_uri: str, experiment: str, store_dir: Path = DEFAULT_STORE_DIR) -> str | None:
-    """Artifacts beside a local SQLite store; a tracking server decides for itself (None)."""
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts in `artifacts/<experiment>` beside a SQLite store's file; a tracking server decides (None).
+
+    Without it MLflow puts a SQLite store's artifacts under `./mlruns` of whatever directory the process
+    runs in.
+    """
     if not tracking_uri.startswith("sqlite:"):
         return None
+    database = tracking_uri.removeprefix("sqlite:").removeprefix("///")
+    store_dir = Path(database).parent if database and database != ":memory:" else DEFAULT_STORE_DIR
     return (store_dir.resolve() / "artifacts" / experiment).as_uri()
 
 

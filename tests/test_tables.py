@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -132,7 +133,7 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
     uri, _ = store
     proc = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--out",
                            str(tmp_path / "out"), "--figures", str(tmp_path / "out" / "figures")],
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     names = {p.stem for p in (tmp_path / "out").glob("table*.md")}
     assert names == {"table1_linear_by_epochs", "table2_semi_supervised", "table3_detection", "table4_tracking",
@@ -145,6 +146,9 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
     client = MlflowClient(uri)
     (logged,) = client.search_runs([client.get_experiment_by_name("mec-tables").experiment_id])
     paths = {a.path for a in client.list_artifacts(logged.info.run_id, "tables")}
+    # Artifacts live beside the SQLite store, not in ./mlruns of wherever the command ran.
+    assert not (tmp_path / "mlruns").exists()
+    assert logged.info.artifact_uri.startswith(f"file://{Path(uri.removeprefix('sqlite:///')).parent}/artifacts/")
     assert "tables/table1_linear_by_epochs.csv" in paths
     missing = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--experiment",
                               "nope", "--out", str(tmp_path / "x"), "--no-log"], capture_output=True, text=True, timeout=300,

@@ -64,10 +64,9 @@ TABLES_EXPERIMENT = "mec-tables"
 
 def _log_tables_run(client, tables: Path, figures: Path, sources: list[str]) -> str:
     """Record this regeneration as a run of its own (tables and figures as artifacts); returns the run's URI."""
-    from mec.tracking import default_artifact_location, ensure_experiment
+    from mec.tracking import ensure_experiment
 
-    experiment_id = ensure_experiment(client, TABLES_EXPERIMENT,
-                                      default_artifact_location(client.tracking_uri, TABLES_EXPERIMENT))
+    experiment_id = ensure_experiment(client, TABLES_EXPERIMENT)
     run = client.create_run(experiment_id, run_name="tables", tags={"mec.stage": "tables",
                                                                      "mec.source_experiments": ",".join(sources)})
     client.log_artifacts(run.info.run_id, str(tables), "tables")

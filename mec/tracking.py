@@ -52,13 +52,16 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (store_dir.resolve() / "artifacts" / experiment).as_uri()
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
-    """Experiment id for ``name``, created if missing; safe when several jobs race to create it."""
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Experiment id for ``name``, created if missing; safe when several jobs race to create it.
+
+    A new experiment on a SQLite store keeps its artifacts beside the store (`default_artifact_location`).
+    """
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=default_artifact_location(client.tracking_uri, name))
     except mlflow.exceptions.MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -128,7 +131,7 @@ class RunLogger:
         uri = resolve_tracking_uri(tracking_uri)
         client = MlflowClient(tracking_uri=uri)
         if not resume_run_id:
-            exp_id = ensure_experiment(client, experiment, default_artifact_location(uri, experiment))
+            exp_id = ensure_experiment(client, experiment)
             run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
             log.info("MLflow run %s in experiment %r at %s", run.info.run_id, experiment, uri)
             return cls(client, run.info.run_id, journal)

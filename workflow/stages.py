@@ -21,7 +21,6 @@ from evals.job import EvalJob
 from mec import checkpoint as ckpt
 from mec.launch import LaunchRecord, LaunchSpec, launch
 from mec.tracking import (
-    default_artifact_location,
     ensure_experiment,
     log_params,
     replay_journal,
@@ -56,7 +55,7 @@ def tracking_client(experiment: Experiment) -> tuple[MlflowClient, str]:
 def create_experiment(experiment: Experiment, output: str | Path) -> dict[str, Any]:
     """Create the MLflow experiment once, before any parallel job could race to create it."""
     client, uri = tracking_client(experiment)
-    experiment_id = ensure_experiment(client, experiment.name, default_artifact_location(uri, experiment.name))
+    experiment_id = ensure_experiment(client, experiment.name)
     record = {"experiment": experiment.name, "experiment_id": experiment_id, "tracking_uri": uri}
     write_record(output, record)
     return record

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mec.launch import LaunchError, LaunchSpec, launch, parse_sbatch_options
+from workflow.launch import LaunchError, LaunchSpec, launch, parse_sbatch_options
 
 # Jobs run in other processes, which import the function by name: stdlib functions, not test-module ones.
 square = math.factorial

@@ -81,7 +81,7 @@ def test_pretrain_logs_checkpoints_and_exports(tmp_path, image_folder):
 def _run_cli(config_file: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run(
-        [sys.executable, "-m", "mec.cli", "pretrain", "--config", str(config_file), *overrides],
+        [sys.executable, "-m", "workflow.cli", "pretrain", "--config", str(config_file), *overrides],
         capture_output=True, text=True, env=env, timeout=600,
     )
 
@@ -151,7 +151,7 @@ def test_convergence_guard_in_error_mode_stops_before_training(tmp_path, image_f
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    cmd = [sys.executable, "-m", "mec.cli", "pretrain", "--config", "digits", "loss.eps=zero"]
+    cmd = [sys.executable, "-m", "workflow.cli", "pretrain", "--config", "digits", "loss.eps=zero"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("mec: error: ")
@@ -196,7 +196,7 @@ def test_torchrun_two_process_gloo_pretraining(tmp_path, image_folder):
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "mec.cli", "pretrain", "--config", str(config_file)],
+         "-m", "workflow.cli", "pretrain", "--config", str(config_file)],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -11,8 +11,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from mec.paper_tables import load_published, write_tables
-from mec.tables import experiment_runs, experiment_summary
+from workflow.reports.paper_tables import load_published, write_tables
+from workflow.reports.tables import experiment_runs, experiment_summary
 
 
 def _run(client, exp_id, stage, params=None, tags=None, metrics=None, parent=None):
@@ -131,7 +131,7 @@ def test_experiment_summary_prints_missing_as_na(store):
 
 def test_mec_tables_command_writes_every_table(store, tmp_path):
     uri, _ = store
-    proc = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--out",
+    proc = subprocess.run([sys.executable, "-m", "workflow.cli", "tables", "--tracking-uri", uri, "--out",
                            str(tmp_path / "out"), "--figures", str(tmp_path / "out" / "figures")],
                           capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -150,7 +150,7 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
     assert not (tmp_path / "mlruns").exists()
     assert logged.info.artifact_uri.startswith(f"file://{Path(uri.removeprefix('sqlite:///')).parent}/artifacts/")
     assert "tables/table1_linear_by_epochs.csv" in paths
-    missing = subprocess.run([sys.executable, "-m", "mec.cli", "tables", "--tracking-uri", uri, "--experiment",
+    missing = subprocess.run([sys.executable, "-m", "workflow.cli", "tables", "--tracking-uri", uri, "--experiment",
                               "nope", "--out", str(tmp_path / "x"), "--no-log"], capture_output=True, text=True, timeout=300,
                              check=False)
     assert missing.returncode == 2 and "'nope' not found" in missing.stderr
@@ -159,7 +159,7 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
 def test_taylor_figure_errors_fall_with_the_order(tmp_path):
     from PIL import Image
 
-    from mec.figures import taylor_error_figure, taylor_error_table
+    from workflow.reports.figures import taylor_error_figure, taylor_error_table
 
     table = taylor_error_table(dims=(32, 64), repeats=1)
     error = {(r.d, r.order): r.rel_error for r in table.itertuples()}
@@ -172,7 +172,7 @@ def test_taylor_figure_errors_fall_with_the_order(tmp_path):
 def test_a_rerun_evaluation_replaces_the_older_run_instead_of_counting_as_a_seed(tmp_path):
     import time
 
-    from mec.paper_tables import evaluation_rows
+    from workflow.reports.paper_tables import evaluation_rows
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

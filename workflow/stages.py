@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from evals import run_protocol
 from evals.job import EvalJob
 from mec import checkpoint as ckpt
-from mec.launch import LaunchRecord, LaunchSpec, launch
+from workflow.launch import LaunchRecord, LaunchSpec, launch
 from mec.tracking import (
     ensure_experiment,
     log_params,
@@ -249,8 +249,8 @@ def label_split(experiment: Experiment, config_tree: dict[str, Any], fraction: f
 
 def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
     """The experiment's summary table (Markdown + CSV with run ids), read back from MLflow."""
-    from mec.paper_tables import write_tables
-    from mec.tables import experiment_runs, write_summary
+    from workflow.reports.paper_tables import write_tables
+    from workflow.reports.tables import experiment_runs, write_summary
 
     out_dir = Path(output_md).parent
     paths = write_summary(experiment.name, out_dir, experiment.tracking_uri)
@@ -264,8 +264,8 @@ def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
 
 def curve_figures(experiment: Experiment) -> dict[str, Path]:
     """Pretraining loss / coding-length curves and linear-probe accuracy by epoch, from MLflow."""
-    from mec.figures import probe_curves, training_curves
-    from mec.tables import experiment_runs
+    from workflow.reports.figures import probe_curves, training_curves
+    from workflow.reports.tables import experiment_runs
 
     client, _ = tracking_client(experiment)
     runs = experiment_runs(experiment.name, experiment.tracking_uri)
@@ -281,7 +281,7 @@ def taylor_figure(experiment: Experiment, output_png: str | Path) -> Path:
     """Paper Figure 6 measured on this machine: Taylor error and time against the exact log-determinant."""
     import torch
 
-    from mec.figures import taylor_error_figure, taylor_error_table
+    from workflow.reports.figures import taylor_error_figure, taylor_error_table
 
     table = taylor_error_table()
     png = Path(output_png)

@@ -1,4 +1,4 @@
-# Pretraining: one job per expanded run (config x grid x seed), launched through mec.launch.
+# Pretraining: one job per expanded run (config x grid x seed), launched through workflow.launch.
 
 rule pretrain:
     input:

@@ -1,4 +1,4 @@
-"""The paper's tables rebuilt from MLflow runs, beside the published numbers (`mec/published.yaml`).
+"""The paper's tables rebuilt from MLflow runs, beside the published numbers (`workflow/reports/published.yaml`).
 
 Every cell is computed from the runs that match it: evaluation runs joined with the parameters of the
 pretraining run they evaluate. A cell fed by several runs (seeds) shows mean +- std; a cell with no run is
@@ -49,7 +49,7 @@ def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """Finished evaluation runs with their pretraining run's params as ``pre:<key>`` columns."""
     if runs.empty or "tag:mec.stage" not in runs:
         return pd.DataFrame()
-    from mec.tables import latest_evaluations
+    from workflow.reports.tables import latest_evaluations
 
     finished = runs[runs["status"] == "FINISHED"]
     pre = finished[finished["tag:mec.stage"] == "pretrain"]

@@ -30,8 +30,8 @@ def _tables(args: argparse.Namespace) -> int:
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    from mec.paper_tables import write_tables
-    from mec.tables import experiment_runs, write_summary
+    from workflow.reports.paper_tables import write_tables
+    from workflow.reports.tables import experiment_runs, write_summary
     from mec.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -44,7 +44,7 @@ def _tables(args: argparse.Namespace) -> int:
     written = write_tables(runs, out)
     for name in names:
         written |= {f"summary:{name}": write_summary(name, out / "experiments" / name, uri)["md"]}
-    from mec.figures import probe_curves, training_curves
+    from workflow.reports.figures import probe_curves, training_curves
 
     client = MlflowClient(uri)
     figures = Path(args.figures)

@@ -1,0 +1,1 @@
+"""Reporting: run tables, the paper's tables and figures, all read back from MLflow."""

@@ -13,6 +13,7 @@ Supported names and on-disk layouts (`root` is the data root of the config):
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,18 @@ def build_eval_dataset(
     return _build_dataset(name, root, transform, split, download, digits_params)
 
 
+# What SLURM sends to every process of a job step (preemption, time limit, scancel, Ctrl-C under srun).
+JOB_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """A loader worker ignores the job's signals: the main process checkpoints and requeues (submitit), then
+    the workers end with it. A worker that died of SIGTERM would make the main process raise "DataLoader
+    worker ... is killed by signal" and turn a preemption into a failed job."""
+    for signum in JOB_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -230,7 +243,7 @@ def build_loader(
     each time an epoch's iterator starts its workers. Workers do not persist across epochs, so a caller that
     reseeds the generator per epoch (as pretraining does) gets the same augmentations after a resume as
     without one; the cost is one worker start per epoch. With `num_workers == 0` the transforms draw from
-    the process' global torch RNG instead.
+    the process' global torch RNG instead. Workers ignore the job's signals (`leave_signals_to_the_main_process`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -255,6 +268,7 @@ def build_loader(
         drop_last=drop_last,
         num_workers=num_workers,
         generator=generator,
+        worker_init_fn=leave_signals_to_the_main_process,
         # pin_memory only helps host-to-GPU copies, and warns when there is no GPU.
         pin_memory=torch.cuda.is_available(),
     )

@@ -1,4 +1,5 @@
-"""Tables from an MLflow store: values, mean +- std over seeds, n/a cells, run ids, published numbers."""
+"""Tables from an MLflow store: values, mean +- std over seeds only, conflicts between recipes, n/a cells, run ids,
+published numbers, the protocol-by-run summary, the figures and the `mec tables` command."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from workflow.reports.paper_tables import load_published, write_tables
-from workflow.reports.tables import experiment_runs, experiment_summary
+from workflow.reports.tables import experiment_runs, summary_values, write_summary
 
 
 def _run(client, exp_id, stage, params=None, tags=None, metrics=None, parent=None):
@@ -45,7 +46,8 @@ def store(tmp_path):
              {"mec.protocol": "finetune", "mec.evaluation": "semi1"},
              {"finetune/top1_last": 0.5 + seed / 100, "finetune/top5_last": 0.75}, parent=pre)
     pre800 = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
-                                               "optim.epochs": 800, "model.projector_hidden": 2048})
+                                               "optim.epochs": 800, "model.projector_hidden": 2048},
+                  {"mec.run": "in800_s0"})
     client.log_batch(pre800, metrics=[Metric(key, -float(step), 0, step) for step in range(1, 6)
                                       for key in ("train/loss", "train/coding_length")])
     ids["lin800"] = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
@@ -59,13 +61,13 @@ def store(tmp_path):
                                                                    "mec.evaluation": "food"},
          {"transfer/score": 0.756}, parent=pre800)
     places = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "places365",
-                                               "optim.epochs": 100})
+                                               "optim.epochs": 100}, {"mec.run": "places_s0"})
     _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
          {"linear/top1_best": 0.538}, parent=places)
     # Table 5: a Taylor-order grid on CIFAR with kNN only.
     for order, knn in ((2, 0.80), (4, 0.85)):
         pre = _run(client, exp_id, "pretrain", {"data.augment": "cifar", "data.name": "cifar10", "loss.order": order,
-                                                "optim.epochs": 200})
+                                                "optim.epochs": 200}, {"mec.run": f"c10_order{order}_s0"})
         _run(client, exp_id, "evaluate", {}, {"mec.protocol": "knn", "mec.evaluation": "knn"},
              {"knn/top1_k20": knn}, parent=pre)
     return uri, ids
@@ -123,37 +125,174 @@ def test_every_published_value_names_its_source(tmp_path):
         load_published(bad)
 
 
-def test_experiment_summary_prints_missing_as_na(store):
-    uri, _ = store
-    summary = experiment_summary(experiment_runs("campaign", uri))
-    assert len(summary) == 6 and "linear:linear/top1_best" in summary.columns
+def test_experiment_summary_prints_missing_as_na(store, tmp_path):
+    uri, ids = store
+    paths = write_summary(experiment_runs("campaign", uri), tmp_path)
+    lines = paths["summary"].read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| protocol |"))
+    runs = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    assert runs == ["c10_order2_s0", "c10_order4_s0", "in100_s0", "in100_s1", "in800_s0", "places_s0"]
+
+    def cells(label: str) -> dict[str, str]:
+        (line,) = [line for line in lines if line.startswith(f"| {label} |")]
+        return dict(zip(runs, [cell.strip() for cell in line.strip("|").split("|")][1:], strict=True))
+
+    # kNN ran on the CIFAR runs only: every other run's cell is n/a, never 0 or empty.
+    assert cells("kNN top-1 (k=20)") == {"c10_order2_s0": "0.800", "c10_order4_s0": "0.850", "in100_s0": "n/a",
+                                         "in100_s1": "n/a", "in800_s0": "n/a", "places_s0": "n/a"}
+    assert cells("linear top-1") == {"c10_order2_s0": "n/a", "c10_order4_s0": "n/a", "in100_s0": "0.700",
+                                     "in100_s1": "0.720", "in800_s0": "0.745", "places_s0": "0.538"}
+    assert cells("transfer Food101 score")["in800_s0"] == "0.756"
+    # The CSV holds every final metric in long form with the run that logged it (fine-tuning's top-5 too).
+    values = pd.read_csv(paths["summary:csv"])
+    linear = values[(values["run"] == "in100_s1") & (values["key"] == "linear:linear/top1_best")]
+    assert list(linear["run_id"]) == [ids["lin100_1"]] and list(linear["value"]) == [0.72]
+    assert "semi1:finetune/top5_last" in set(values["key"])
+
+
+def test_summary_rows_are_protocols_with_their_label_subsets_and_runs_are_columns(tmp_path):
+    """The README's layout: "kNN top-1 (k=20)", "linear 1% top-1" ... by run, not one column per raw metric."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("digits")
+    for run, knn in (("digits_s0", 0.82), ("random_init_s0", 0.47)):
+        pre = _run(client, exp_id, "pretrain", {"train.seed": 0}, {"mec.run": run},
+                   {"monitor/knn_top1": knn - 0.01})
+        _run(client, exp_id, "evaluate", {"eval.k": "[20, 200]"}, {"mec.protocol": "knn", "mec.evaluation": "knn",
+                                                                   "mec.run": run},
+             {"knn/top1_k20": knn, "knn/top1_k200": knn - 0.05}, parent=pre)
+        for evaluation, protocol, split, top1 in (
+                ("linear", "linear_probe", None, 0.7),
+                ("linear_1pct", "linear_probe", "digits-ab12-0.01-seed0.txt", 0.5),
+                ("finetune_10pct", "finetune", "digits-ab12-0.1-seed0.txt", 0.9)):
+            params = {"eval.split": f"/r/splits/{split}"} if split else {}
+            _run(client, exp_id, "evaluate", params, {"mec.protocol": protocol, "mec.evaluation": evaluation,
+                                                      "mec.run": run},
+                 {f"{protocol.split('_')[0]}/top1_best": top1, f"{protocol.split('_')[0]}/top1_last": top1}, parent=pre)
+    md = write_summary(experiment_runs("digits", uri), tmp_path)["summary"].read_text()
+    table = md[md.index("| protocol |"):]
+    assert table.splitlines() == [
+        "| protocol | digits_s0 | random_init_s0 |",
+        "|---|---:|---:|",
+        "| kNN top-1 (k=20) | 0.820 | 0.470 |",
+        "| kNN top-1 (k=200) | 0.770 | 0.420 |",
+        "| linear top-1 | 0.700 | 0.700 |",
+        "| linear 1% top-1 | 0.500 | 0.500 |",
+        "| fine-tune 10% top-1 | 0.900 | 0.900 |",
+        "| monitor: kNN top-1 | 0.810 | 0.460 |",
+    ]
+
+
+def test_only_seeds_are_averaged_and_other_recipe_differences_are_a_conflict(tmp_path):
+    """The `57.7 +- 25.1 over 4 runs` report: two evaluation recipes of one backbone must not read as two seeds."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("seeds")
+    imagenet = {"data.augment": "imagenet", "data.name": "imagefolder"}
+
+    def pretrain(epochs, seed, run, **params):
+        return _run(client, exp_id, "pretrain", imagenet | {"optim.epochs": epochs, "train.seed": seed,
+                                                            "train.output_dir": f"/r/{run}", "tracking.run_name": run}
+                    | params, {"mec.run": run})
+
+    def linear(pre, top1, evaluation="linear", **params):
+        return _run(client, exp_id, "evaluate", {"eval.backbone": f"/r/{pre}/backbone.pt"} | params,
+                    {"mec.protocol": "linear_probe", "mec.evaluation": evaluation}, {"linear/top1_best": top1},
+                    parent=pre)
+
+    # 100 epochs: two pretraining seeds of one recipe (their output folders and run names differ) -> mean +- std;
+    # the same backbone evaluated again under another name with the same recipe is one value, not a third seed.
+    s0, s1 = pretrain(100, 0, "a_s0"), pretrain(100, 1, "a_s1")
+    linear(s0, 0.70)
+    linear(s1, 0.72)
+    linear(s1, 0.72, evaluation="linear_again")
+    # 200 epochs: one backbone, the evaluation's own seed differs -> averaged.
+    b = pretrain(200, 0, "b_s0")
+    linear(b, 0.60, **{"eval.seed": 0})
+    linear(b, 0.62, evaluation="linear_seed1", **{"eval.seed": 1})
+    # 400 epochs: one backbone, two evaluation recipes (another lr) -> a conflict naming eval.lr.
+    c = pretrain(400, 0, "c_s0")
+    linear(c, 0.10)
+    linear(c, 0.70, evaluation="linear_lr", **{"eval.lr": 4.0})
+    # 800 epochs: two backbones whose pretraining differs in eps, not only in seed -> a conflict naming loss.eps;
+    # a random-init baseline of the same config is not an MEC result and stays out.
+    linear(pretrain(800, 0, "d_s0", **{"loss.eps": 8}), 0.74)
+    linear(pretrain(800, 1, "d_s1", **{"loss.eps": 11}), 0.75)
+    baseline = pretrain(800, 0, "random_init_s0", **{"loss.eps": 8})
+    client.set_tag(baseline, "mec.baseline", "random_init")
+    linear(baseline, 0.05)
+
+    write_tables(experiment_runs("seeds", uri), tmp_path / "tables")
+    t1 = pd.read_csv(tmp_path / "tables" / "table1_linear_by_epochs.csv", dtype={"row": str}, keep_default_na=False)
+    assert (_row(t1, "100", "top1")["ours"], int(_row(t1, "100", "top1")["runs"])) == ("71.0 +- 1.4", 2)
+    assert (_row(t1, "200", "top1")["ours"], int(_row(t1, "200", "top1")["runs"])) == ("61.0 +- 1.4", 2)
+    assert _row(t1, "400", "top1")["ours"] == "conflict: eval.lr"
+    assert _row(t1, "400", "top1")["conflict"] == "eval.lr" and _row(t1, "400", "top1")["mean"] == ""
+    assert _row(t1, "800", "top1")["ours"] == "conflict: loss.eps" and int(_row(t1, "800", "top1")["runs"]) == 2
+    markdown = (tmp_path / "tables" / "table1_linear_by_epochs.md").read_text()
+    assert "| 400 | top1 | conflict: eval.lr | n/a | n/a | 2 |" in markdown
+
+
+def test_pretraining_curves_give_each_run_its_own_axes(tmp_path):
+    """A run 100x larger than another must not flatten it: one row of panels per run."""
+    from PIL import Image
+
+    from workflow.reports.figures import training_curves
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("curves")
+    for run, scale in (("small", 1.0), ("large", 100.0), ("larger", 1000.0)):
+        run_id = _run(client, exp_id, "pretrain", {}, {"mec.run": run})
+        client.log_batch(run_id, metrics=[Metric(key, -scale * step, 0, step) for step in range(1, 6)
+                                          for key in ("train/loss", "train/coding_length")])
+    path = training_curves(experiment_runs("curves", uri), client, tmp_path / "curves.png")
+    with Image.open(path) as image:
+        assert image.size == (11 * 120, round((2.4 * 3 + 0.6) * 120))  # three rows of (loss, coding length)
 
 
 def test_mec_tables_command_writes_every_table(store, tmp_path):
     uri, _ = store
+    out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "workflow.cli", "tables", "--tracking-uri", uri, "--out",
-                           str(tmp_path / "out"), "--figures", str(tmp_path / "out" / "figures")],
+                           str(out), "--figures", str(out / "figures")],
                           capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    names = {p.stem for p in (tmp_path / "out").glob("table*.md")}
+    names = {p.stem for p in (out / "paper").glob("table*.md")}
     assert names == {"table1_linear_by_epochs", "table2_semi_supervised", "table3_detection", "table4_tracking",
                      "table5_ablations", "table7_strategies", "table8_transfer", "table9_places365"}
-    assert (tmp_path / "out" / "experiments" / "campaign" / "summary.md").exists()
+    assert "# campaign" in (out / "summary.md").read_text()
     from PIL import Image
 
-    with Image.open(tmp_path / "out" / "figures" / "pretraining_curves.png") as image:
+    with Image.open(out / "figures" / "pretraining_curves.png") as image:
         assert image.size[0] > 500
     client = MlflowClient(uri)
     (logged,) = client.search_runs([client.get_experiment_by_name("mec-tables").experiment_id])
-    paths = {a.path for a in client.list_artifacts(logged.info.run_id, "tables")}
+    assert logged.data.tags["mec.stage"] == "tables" and logged.data.tags["mec.source_experiments"] == "campaign"
+    paths = {a.path for a in client.list_artifacts(logged.info.run_id, "tables/paper")}
     # Artifacts live beside the SQLite store, not in ./mlruns of wherever the command ran.
     assert not (tmp_path / "mlruns").exists()
     assert logged.info.artifact_uri.startswith(f"file://{Path(uri.removeprefix('sqlite:///')).parent}/artifacts/")
-    assert "tables/table1_linear_by_epochs.csv" in paths
+    assert "tables/paper/table1_linear_by_epochs.csv" in paths
+    # Regenerating updates the same report run instead of adding one per call.
+    again = subprocess.run(proc.args, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [r.info.run_id for r in client.search_runs([logged.info.experiment_id])] == [logged.info.run_id]
     missing = subprocess.run([sys.executable, "-m", "workflow.cli", "tables", "--tracking-uri", uri, "--experiment",
-                              "nope", "--out", str(tmp_path / "x"), "--no-log"], capture_output=True, text=True, timeout=300,
-                             check=False)
+                              "nope", "--out", str(tmp_path / "x"), "--no-log"], capture_output=True, text=True,
+                             timeout=300, check=False)
     assert missing.returncode == 2 and "'nope' not found" in missing.stderr
+
+
+def test_mec_help_is_plain_text_and_explains_each_command():
+    proc = subprocess.run([sys.executable, "-m", "workflow.cli", "--help"], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "``" not in proc.stdout
+    for command in ("pretrain", "evaluate", "tables"):
+        assert f"mec {command}" in proc.stdout
+        sub = subprocess.run([sys.executable, "-m", "workflow.cli", command, "--help"], capture_output=True,
+                             text=True, timeout=120, check=True)
+        assert "``" not in sub.stdout and len(sub.stdout.split("options:")[0]) > 200, sub.stdout
 
 
 def test_taylor_figure_errors_fall_with_the_order(tmp_path):
@@ -169,6 +308,17 @@ def test_taylor_figure_errors_fall_with_the_order(tmp_path):
         assert image.size[0] > image.size[1]
 
 
+def test_the_taylor_figure_csv_names_the_device_it_was_timed_on(tmp_path):
+    import torch
+
+    from workflow.reports.figures import cpu_name, taylor_figure
+
+    written = taylor_figure(tmp_path / "taylor_error.png", dims=(32,), repeats=1)
+    table = pd.read_csv(written["figure:taylor:csv"])
+    assert set(table["device"]) == {cpu_name()}
+    assert cpu_name().startswith("CPU ") and cpu_name().endswith(f", {torch.get_num_threads()} threads")
+
+
 def test_a_rerun_evaluation_replaces_the_older_run_instead_of_counting_as_a_seed(tmp_path):
     import time
 
@@ -177,7 +327,8 @@ def test_a_rerun_evaluation_replaces_the_older_run_instead_of_counting_as_a_seed
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp_id = client.create_experiment("rerun")
-    pre = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder", "optim.epochs": 100})
+    pre = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
+                                            "optim.epochs": 100})
     _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
          {"linear/top1_best": 0.10}, parent=pre)
     time.sleep(0.01)
@@ -185,5 +336,6 @@ def test_a_rerun_evaluation_replaces_the_older_run_instead_of_counting_as_a_seed
                  {"linear/top1_best": 0.70}, parent=pre)
     runs = experiment_runs("rerun", uri)
     assert list(evaluation_rows(runs)["run_id"]) == [newer]
-    summary = experiment_summary(runs)
-    assert summary.loc[0, "linear:linear/top1_best"] == 0.70 and summary.loc[0, "linear:run_id"] == newer
+    values = summary_values(runs)
+    top1 = values[values["key"] == "linear:linear/top1_best"]
+    assert list(top1["value"]) == [0.70] and list(top1["run_id"]) == [newer]

@@ -1,4 +1,12 @@
-"""The ``mec`` command: ``mec pretrain --config FILE [section.key=value ...]``."""
+"""mec: pretrain MEC models, evaluate backbones, and rebuild the result tables from MLflow.
+
+  mec pretrain --config digits                        pretrain (or resume) one model
+  mec evaluate --backbone FILE --config NAME --protocol knn
+                                                      evaluate an existing backbone through the same DAG
+  mec tables                                          summary, paper tables and figures from the MLflow runs
+
+Run `mec COMMAND --help` for a command's options.
+"""
 
 from __future__ import annotations
 
@@ -27,70 +35,92 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _tables(args: argparse.Namespace) -> int:
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
+    from workflow.reports.regenerate import regenerate
 
-    from workflow.reports.paper_tables import write_tables
-    from workflow.reports.tables import experiment_runs, write_summary
-    from mec.tracking import resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri)
-    names = args.experiment or [e.name for e in MlflowClient(uri).search_experiments()
-                                if e.name not in ("Default", TABLES_EXPERIMENT)]
-    if not names:
-        raise FileNotFoundError(f"no MLflow experiments at {uri}")
-    runs = pd.concat([experiment_runs(name, uri) for name in names], ignore_index=True)
-    out = Path(args.out)
-    written = write_tables(runs, out)
-    for name in names:
-        written |= {f"summary:{name}": write_summary(name, out / "experiments" / name, uri)["md"]}
-    from workflow.reports.figures import probe_curves, training_curves
-
-    client = MlflowClient(uri)
-    figures = Path(args.figures)
-    for label, path in (("figure:pretraining", training_curves(runs, client, figures / "pretraining_curves.png")),
-                        ("figure:linear_probe", probe_curves(runs, client, figures / "linear_probe_curves.png"))):
-        if path is not None:
-            written[label] = path
-    if not args.no_log:
-        written["mlflow"] = Path(_log_tables_run(client, out, figures, names))
+    written = regenerate(args.experiment, args.tracking_uri, Path(args.out), Path(args.figures),
+                         log_experiment=None if args.no_log else args.log_experiment)
     for label, path in written.items():
         print(f"{label}: {path}")
     return 0
 
 
-TABLES_EXPERIMENT = "mec-tables"
+def _taylor_figure(args: argparse.Namespace) -> int:
+    from workflow.reports.figures import taylor_figure
+
+    for label, path in taylor_figure(Path(args.out)).items():
+        print(f"{label}: {path}")
+    return 0
 
 
-def _log_tables_run(client, tables: Path, figures: Path, sources: list[str]) -> str:
-    """Record this regeneration as a run of its own (tables and figures as artifacts); returns the run's URI."""
-    from mec.tracking import ensure_experiment
+def _evaluate(args: argparse.Namespace) -> int:
+    from workflow.evaluate import evaluate_backbone
 
-    experiment_id = ensure_experiment(client, TABLES_EXPERIMENT)
-    run = client.create_run(experiment_id, run_name="tables", tags={"mec.stage": "tables",
-                                                                     "mec.source_experiments": ",".join(sources)})
-    client.log_artifacts(run.info.run_id, str(tables), "tables")
-    if figures.exists():
-        client.log_artifacts(run.info.run_id, str(figures), "figures")
-    client.set_terminated(run.info.run_id)
-    return f"runs:/{run.info.run_id}"
+    return evaluate_backbone(
+        backbone=Path(args.backbone), config=args.config, protocols=args.protocol, options=args.option or [],
+        overrides=args.overrides, experiment=args.experiment, output=args.output, tracking_uri=args.tracking_uri,
+        cores=args.cores, launcher=args.launcher,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mec", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    pre = commands.add_parser("pretrain", help="pretrain (or resume) an MEC model")
+    parser = argparse.ArgumentParser(prog="mec", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    pre = commands.add_parser(
+        "pretrain", help="pretrain (or resume) an MEC model",
+        description="Pretrain an MEC model from a config, or resume it from its newest checkpoint into the same "
+                    "MLflow run; at the end the backbone is exported to <train.output_dir>/backbone.pt.")
     pre.add_argument("--config", required=True, help="YAML file, or a shipped config name (digits, cifar10, ...)")
-    pre.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    pre.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (YAML values)")
     pre.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     pre.set_defaults(run=_pretrain)
-    tables = commands.add_parser("tables", help="the paper's tables from MLflow runs, beside the published numbers")
+
+    ev = commands.add_parser(
+        "evaluate", help="evaluate an existing backbone file (no pretraining)",
+        description="Evaluate an existing backbone (the authors' released checkpoint, an exported backbone, another "
+                    "lab's ResNet) with the pipeline's protocols: writes a one-group experiment config to "
+                    "<output>/experiment.yaml and runs the repository's Snakemake DAG on it, so the results, "
+                    "MLflow runs and tables are the same as for a pretrained run.")
+    ev.add_argument("--backbone", required=True, help="the backbone file (.pt)")
+    ev.add_argument("--config", required=True,
+                    help="a shipped config name or YAML giving its architecture and data (e.g. imagenet-800ep for "
+                         "the released ResNet-50)")
+    ev.add_argument("--protocol", action="append", required=True,
+                    help="evaluation protocol (knn, linear_probe, finetune, tsne, transfer); repeat for several")
+    ev.add_argument("--option", action="append", metavar="key=value",
+                    help="protocol option (YAML value) for every chosen protocol, or protocol.key=value for one "
+                         "(e.g. knn.k=[20,200]); repeatable")
+    ev.add_argument("overrides", nargs="*", metavar="section.key=value",
+                    help="config overrides (e.g. data.root=/datasets/imagenet)")
+    ev.add_argument("--experiment", help="MLflow experiment name (default: evaluate-<backbone file name>)")
+    ev.add_argument("--output", help="results folder (default: results/<experiment>)")
+    ev.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite results/mlflow.db")
+    ev.add_argument("--launcher", default="local", help="inline | debug | local | slurm (default: local)")
+    ev.add_argument("--cores", type=int, default=2, help="cores Snakemake may use (default: 2)")
+    ev.set_defaults(run=_evaluate)
+
+    tables = commands.add_parser(
+        "tables", help="summary, paper tables and figures, read back from MLflow",
+        description="Read the runs of one or more MLflow experiments and write: <out>/summary.md and summary.csv "
+                    "(protocol x pretraining run), <out>/paper/ (the paper's tables beside the published numbers), "
+                    "and <figures>/ (pretraining curves, linear-probe curves, t-SNE panels). Only runs that "
+                    "differ by seed are averaged; a cell fed by differing recipes reports a conflict. The output "
+                    "is recorded as a run 'tables' of --log-experiment.")
     tables.add_argument("--experiment", action="append", help="MLflow experiment(s) to read (default: all)")
     tables.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite results/mlflow.db")
     tables.add_argument("--out", default="results/tables", help="output folder (default: results/tables)")
     tables.add_argument("--figures", default="results/figures", help="figure folder (default: results/figures)")
+    tables.add_argument("--log-experiment", default="mec-tables",
+                        help="MLflow experiment that records the tables and figures (default: mec-tables)")
     tables.add_argument("--no-log", action="store_true", help="do not record the tables and figures in MLflow")
     tables.set_defaults(run=_tables)
+
+    taylor = commands.add_parser(
+        "taylor-figure", help="paper Figure 6 measured on this machine",
+        description="Relative error and time of the order-1/2/4 Taylor coding length against the exact "
+                    "log-determinant, by dimension: a PNG and a CSV beside it (with a device column).")
+    taylor.add_argument("--out", default="results/figures/taylor_error.png", help="the PNG (the CSV goes beside)")
+    taylor.set_defaults(run=_taylor_figure)
     return parser
 
 
@@ -103,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except (ConfigError, FileNotFoundError, LookupError) as exc:
+    # ConnectionError: mec.tracking.TrackingUnavailableError, a tracking server that does not answer a new run.
+    except (ConfigError, FileNotFoundError, LookupError, ConnectionError) as exc:
         print(f"mec: error: {exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:

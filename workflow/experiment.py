@@ -1,8 +1,9 @@
 """An experiment config: which pretraining runs exist (grids and seeds expanded) and what evaluates them.
 
-The Snakefile validates the YAML against ``workflow/schemas/experiment.schema.yaml`` (shape and types); this
-module checks what a schema cannot (that every override names a real config key with an allowed value, that
-evaluations name existing run groups, that run names are unique) and expands the grids into named runs.
+`build_experiment` first checks the tree against ``workflow/schemas/experiment.schema.yaml`` (shape, types,
+the launcher names), then what a schema cannot (that every override names a real config key with an allowed
+value, that evaluations name existing run groups and protocols, that run names are unique, that an imported
+backbone file exists) and expands the grids into named runs.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 from evals import PROTOCOLS
 from mec.config import Config, ConfigError, load_config
 
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-LAUNCHERS = ("inline", "debug", "local", "slurm")
+SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class PretrainRun:
     seed: int
     resources: dict[str, Any] = field(default_factory=dict)
     random_init: bool = False  # a baseline: the same backbone, randomly initialised, never trained
+    backbone: str | None = None  # an existing backbone file imported as this run's result, never trained
 
     def override_args(self) -> list[str]:
         return [f"{key}={_as_override_value(value)}" for key, value in self.overrides.items()]
@@ -60,7 +61,8 @@ class Experiment:
 
     def run(self, name: str) -> PretrainRun:
         if name not in self.runs:
-            raise ConfigError(f"no pretraining run named {name!r} in experiment {self.name!r}; runs: {sorted(self.runs)}")
+            raise ConfigError(f"no pretraining run named {name!r} in experiment {self.name!r}; "
+                              f"runs: {sorted(self.runs)}")
         return self.runs[name]
 
     def evaluation(self, name: str) -> Evaluation:
@@ -98,7 +100,8 @@ class Experiment:
         cfg = load_config(spec.config, spec.override_args() + owned)
         # Jobs may start in another directory (sbatch, submitit): a relative data root means the workflow's.
         if not Path(cfg.data.root).is_absolute():
-            cfg = load_config(spec.config, [*spec.override_args(), *owned, f"data.root={Path(cfg.data.root).resolve()}"])
+            root = f"data.root={Path(cfg.data.root).resolve()}"
+            cfg = load_config(spec.config, [*spec.override_args(), *owned, root])
         return cfg
 
 
@@ -117,9 +120,8 @@ def _short_key(key: str) -> str:
 
 def _grid_runs(group: str, spec: Mapping[str, Any]) -> list[PretrainRun]:
     grid: dict[str, list[Any]] = dict(spec.get("grid") or {})
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"pretrain.{group}.grid.{key}: expected a non-empty list of values, got {values!r}")
+    # An imported backbone has no pretraining seed: its run is the group's name, unless seeds are given.
+    imported = spec.get("backbone") is not None and "seeds" not in spec
     seeds = list(spec.get("seeds") or [0])
     keys = sorted(grid)
     runs = []
@@ -129,13 +131,14 @@ def _grid_runs(group: str, spec: Mapping[str, Any]) -> list[PretrainRun]:
             overrides = dict(spec.get("overrides") or {}) | dict(zip(keys, combo, strict=True))
             runs.append(
                 PretrainRun(
-                    name=f"{group}{suffix}_s{seed}",
+                    name=group if imported else f"{group}{suffix}_s{seed}",
                     group=group,
                     config=str(spec["config"]),
                     overrides=overrides,
                     seed=int(seed),
                     resources=dict(spec.get("resources") or {}),
                     random_init=bool(spec.get("random_init", False)),
+                    backbone=spec.get("backbone"),
                 )
             )
     return runs
@@ -146,24 +149,30 @@ def _name_part(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
 
 
+def check_schema(tree: Mapping[str, Any]) -> None:
+    """The experiment config against its JSON schema; the first violation as one line naming the key."""
+    from snakemake.utils import validate
+
+    try:
+        validate(dict(tree), str(SCHEMA), set_default=False)
+    except Exception as exc:  # Snakemake wraps jsonschema's ValidationError in its WorkflowError
+        error = exc.__cause__ or exc.__context__
+        if error is None or not hasattr(error, "absolute_path"):
+            raise
+        where = ".".join(map(str, error.absolute_path))
+        prefix = f"{where}={error.instance!r}: " if where else ""
+        raise ConfigError(f"experiment config: {prefix}{error.message} (schema {SCHEMA.name})") from None
+
+
 def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experiment:
     """Check an experiment config (as Snakemake loaded it) and expand its runs."""
-    name = str(tree.get("experiment") or "")
-    if not name:
-        raise ConfigError("experiment config: 'experiment' (the MLflow experiment name) is required")
-    launcher = str(tree.get("launcher", "local"))
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"experiment config: launcher={launcher!r} is not one of {list(LAUNCHERS)}")
-    pretrain = tree.get("pretrain") or {}
-    if not pretrain:
-        raise ConfigError("experiment config: 'pretrain' must declare at least one run group")
+    check_schema(tree)
+    name = str(tree["experiment"])
     runs: dict[str, PretrainRun] = {}
     groups: dict[str, list[str]] = {}
-    for group, spec in pretrain.items():
-        if not RUN_NAME.match(group):
-            raise ConfigError(f"pretrain.{group}: group names may use letters, digits, '_', '.', '-'")
-        if "config" not in spec:
-            raise ConfigError(f"pretrain.{group}: 'config' (a shipped config name or a YAML path) is required")
+    for group, spec in tree["pretrain"].items():
+        if spec.get("backbone") is not None:
+            _check_import(group, spec, root)
         for run in _grid_runs(group, spec):
             if run.name in runs:
                 raise ConfigError(f"pretrain.{group}: run name {run.name!r} is produced twice; rename a group")
@@ -189,7 +198,7 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
     output = Path(tree.get("output") or Path("results") / name)
     experiment = Experiment(
         name=name,
-        launcher=launcher,
+        launcher=str(tree.get("launcher", "local")),
         tracking_uri=tree.get("tracking_uri"),
         output=output if output.is_absolute() else root / output,
         runs=runs,
@@ -201,3 +210,13 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
         except ConfigError as exc:
             raise ConfigError(f"pretrain.{run.group} (run {name}): {exc}") from None
     return experiment
+
+
+def _check_import(group: str, spec: Mapping[str, Any], root: Path) -> None:
+    """A group importing a backbone file: the file exists, and nothing that trains or varies training applies."""
+    if spec.get("random_init") or spec.get("grid"):
+        raise ConfigError(f"pretrain.{group}: 'backbone' imports a trained file; 'random_init' and 'grid' do not "
+                          "apply to it")
+    path = Path(spec["backbone"])
+    if not (path if path.is_absolute() else root / path).is_file():
+        raise ConfigError(f"pretrain.{group}.backbone: no file {path}")

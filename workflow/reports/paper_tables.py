@@ -1,8 +1,12 @@
 """The paper's tables rebuilt from MLflow runs, beside the published numbers (`workflow/reports/published.yaml`).
 
 Every cell is computed from the runs that match it: evaluation runs joined with the parameters of the
-pretraining run they evaluate. A cell fed by several runs (seeds) shows mean +- std; a cell with no run is
-"n/a", never zero; the CSV lists the run ids behind every cell. Percentages throughout (the runs log
+pretraining run they evaluate. Only runs that differ by seed are aggregated: a cell fed by several seeds
+(``train.seed`` of the pretraining, ``eval.seed`` of the evaluation) shows mean +- std; runs whose recipes
+differ in anything else (another evaluation option, another pretraining parameter, an imported backbone) are
+never averaged: the cell reads "conflict: <the differing keys>" and its CSV line names them. A cell with no
+run is "n/a", never zero; the CSV lists the run ids behind every cell. Random-init baselines are not MEC
+results and stay out of these tables (the summary compares with them). Percentages throughout (the runs log
 fractions). Tables whose protocols the pipeline does not run yet (detection, tracking, transfer, multi-crop)
 still print, with our side n/a, so a campaign shows what is missing.
 """
@@ -28,18 +32,21 @@ class Cell:
 
     values: list[float] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    conflict: list[str] = field(default_factory=list)  # recipe keys in which the runs differ: nothing to average
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.values)) if self.values else math.nan
+        return float(np.mean(self.values)) if self.values and not self.conflict else math.nan
 
     @property
     def std(self) -> float:
-        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 and not self.conflict else math.nan
 
     def text(self, digits: int = 1) -> str:
         if not self.values:
             return MISSING
+        if self.conflict:
+            return "conflict: " + ", ".join(self.conflict)
         if len(self.values) == 1:
             return f"{self.mean:.{digits}f}"
         return f"{self.mean:.{digits}f} +- {self.std:.{digits}f}"
@@ -53,13 +60,41 @@ def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
 
     finished = runs[runs["status"] == "FINISHED"]
     pre = finished[finished["tag:mec.stage"] == "pretrain"]
+    if "tag:mec.baseline" in pre:
+        pre = pre[pre["tag:mec.baseline"].isna()]
     ev = latest_evaluations(runs)
     if ev.empty or pre.empty:
         return pd.DataFrame()
     params = [c for c in pre.columns if c.startswith("param:")]
-    parents = pre[["run_id", *params]].rename(columns={c: "pre:" + c[len("param:"):] for c in params})
+    tags = [f"tag:{t}" for t in PRETRAIN_RECIPE_TAGS if f"tag:{t}" in pre]
+    parents = pre[["run_id", *params, *tags]].rename(columns={c: "pre:" + c[len("param:"):] for c in params}
+                                                     | {c: "pre:" + c for c in tags})
     parents = parents.rename(columns={"run_id": "tag:mec.pretrain_run_id"})
     return ev.merge(parents, on="tag:mec.pretrain_run_id", how="inner")
+
+
+# What a run's recipe is, for deciding which runs are seeds of one cell. Not recipe: the seeds themselves (the
+# spread a cell shows), where a run wrote, how it was named, tracked and logged.
+PRETRAIN_NOT_RECIPE = ("train.seed", "train.output_dir", "tracking.", "name", "source", "train.log_every",
+                       "train.checkpoint_keep", "train.stop_after_steps", "data.num_workers")
+EVAL_NOT_RECIPE = ("eval.seed", "eval.backbone")
+PRETRAIN_RECIPE_TAGS = ("mec.source_backbone_sha256",)  # an imported backbone is its own recipe
+
+
+def _recipe(df: pd.DataFrame) -> pd.DataFrame:
+    """The recipe columns of evaluation rows as comparable text (a label split by its file name)."""
+    columns = ["tag:mec.protocol"]
+    columns += [c for c in df if c.startswith("pre:") and not c[len("pre:"):].startswith(PRETRAIN_NOT_RECIPE)]
+    columns += [c for c in df if c.startswith("param:eval.") and c[len("param:"):] not in EVAL_NOT_RECIPE]
+    present = [c for c in columns if c in df]
+    recipe = df[present].astype(object).where(df[present].notna(), "").astype(str)
+    if "param:eval.split" in recipe:
+        recipe["param:eval.split"] = recipe["param:eval.split"].map(lambda p: Path(p).name if p else "")
+    return recipe
+
+
+def _recipe_key_name(column: str) -> str:
+    return column.removeprefix("pre:").removeprefix("param:").replace("tag:", "tag ")
 
 
 def _matching(df: pd.DataFrame, **equals: object) -> pd.DataFrame:
@@ -71,14 +106,21 @@ def _matching(df: pd.DataFrame, **equals: object) -> pd.DataFrame:
 
 
 def _cell(df: pd.DataFrame, metric: str) -> Cell:
+    """The runs of one cell: seeds of one recipe are aggregated; differing recipes are a conflict naming the keys."""
     cell = Cell()
     if metric not in df:
         return cell
-    for _, row in df.iterrows():
-        value = row[metric]
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            cell.values.append(100.0 * float(value))
-            cell.run_ids.append(str(row["run_id"]))
+    df = df[df[metric].notna()]
+    if df.empty:
+        return cell
+    recipe = _recipe(df)
+    # One backbone evaluated twice by the same recipe (two evaluation names) is one value, not two seeds.
+    seed = df["param:eval.seed"].astype(str) if "param:eval.seed" in df else pd.Series("", index=df.index)
+    identity = pd.concat([df["tag:mec.pretrain_run_id"], seed, recipe], axis=1).loc[df.sort_values("start_time").index]
+    df = df.loc[identity[~identity.duplicated(keep="last")].index]
+    cell.values = [100.0 * float(v) for v in df[metric]]
+    cell.run_ids = [str(r) for r in df["run_id"]]
+    cell.conflict = [_recipe_key_name(c) for c in recipe if recipe.loc[df.index, c].nunique() > 1]
     return cell
 
 
@@ -123,7 +165,8 @@ def table3(ev: pd.DataFrame) -> list[Spec]:
         det = _matching(ev, **{"tag:mec.protocol": protocol})
         for column in ("AP50", "AP", "AP75"):
             rows.append((row, column, _cell(det, f"detection/{column}")))
-    rows.append(("COCO", "mask AP", _cell(_matching(ev, **{"tag:mec.protocol": "detection_coco"}), "detection/mask_AP")))
+    coco = _matching(ev, **{"tag:mec.protocol": "detection_coco"})
+    rows.append(("COCO", "mask AP", _cell(coco, "detection/mask_AP")))
     return rows
 
 
@@ -229,12 +272,12 @@ def build_table(name: str, ev: pd.DataFrame, published: dict) -> pd.DataFrame:
         paper = published.get((name, row, column))
         records.append({
             "row": row, "column": column, "ours": cell.text(), "mean": cell.mean, "std": cell.std,
-            "runs": len(cell.values), "run_ids": " ".join(cell.run_ids),
+            "runs": len(cell.values), "run_ids": " ".join(cell.run_ids), "conflict": " ".join(cell.conflict),
             "paper": paper[0] if paper else math.nan, "source": paper[1] if paper else "",
             "diff": cell.mean - paper[0] if paper and cell.values else math.nan,
         })
-    return pd.DataFrame(records, columns=["row", "column", "ours", "mean", "std", "runs", "run_ids", "paper",
-                                          "source", "diff"])
+    return pd.DataFrame(records, columns=["row", "column", "ours", "mean", "std", "runs", "run_ids", "conflict",
+                                          "paper", "source", "diff"])
 
 
 def _fmt(value: float, signed: bool = False) -> str:

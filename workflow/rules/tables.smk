@@ -1,8 +1,21 @@
-# Tables: read back from MLflow once every pretraining run and evaluation has its record.
+# Tables and figures: read back from MLflow once every pretraining run and evaluation has its record, by the
+# same command a user runs (`mec tables`, workflow/reports/regenerate.py). Both rules are light: they run on
+# this machine (a login node under SLURM) in a process of their own, with their output in a log file.
+
+import shlex
+import sys
 
 localrules:
     tables,
     figure_taylor,
+
+MEC_COMMAND = f"{shlex.quote(sys.executable)} -m workflow.cli"  # the `mec` command of this environment
+
+
+def tables_arguments():
+    """The experiment, its store and where its report run goes (the experiment itself, beside its runs)."""
+    tracking = ["--tracking-uri", EXPERIMENT.tracking_uri] if EXPERIMENT.tracking_uri else []
+    return shlex.join(["--experiment", EXPERIMENT.name, *tracking, "--log-experiment", EXPERIMENT.name])
 
 
 rule tables:
@@ -13,8 +26,15 @@ rule tables:
     output:
         csv=f"{OUT}/tables/summary.csv",
         md=f"{OUT}/tables/summary.md",
-    run:
-        stages.tables(EXPERIMENT, output.md)
+    params:
+        mec=MEC_COMMAND,
+        arguments=tables_arguments(),
+        tables=f"{OUT}/tables",
+        figures=f"{OUT}/figures",
+    log:
+        f"{OUT}/logs/tables.log",
+    shell:
+        "{params.mec} tables {params.arguments} --out {params.tables:q} --figures {params.figures:q} > {log:q} 2>&1"
 
 
 rule figure_taylor:
@@ -22,5 +42,9 @@ rule figure_taylor:
     output:
         png=f"{OUT}/figures/taylor_error.png",
         csv=f"{OUT}/figures/taylor_error.csv",
-    run:
-        stages.taylor_figure(EXPERIMENT, output.png)
+    params:
+        mec=MEC_COMMAND,
+    log:
+        f"{OUT}/logs/figure_taylor.log",
+    shell:
+        "{params.mec} taylor-figure --out {output.png:q} > {log:q} 2>&1"

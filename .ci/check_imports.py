@@ -76,7 +76,8 @@ def snakemake_imports(path: Path) -> Iterator[tuple[str, int]]:
     for lineno, line in enumerate(path.read_text().splitlines(), start=1):
         match = SNAKEMAKE_IMPORT.match(line.split("#", 1)[0])
         if match and match.group(1):
-            yield match.group(1), lineno
+            if not match.group(1).startswith("."):  # a relative import names the project's own files
+                yield match.group(1), lineno
         elif match:
             for name in match.group(2).strip("() \\").split(","):
                 if name.strip():

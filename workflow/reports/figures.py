@@ -46,7 +46,8 @@ def training_curves(runs: pd.DataFrame, client: MlflowClient, path: Path) -> Pat
     pre = runs[(runs["tag:mec.stage"] == "pretrain") & runs["train/loss"].notna()]
     if pre.empty:
         return None
-    pre = pre.assign(label=[_run_label(run) for _, run in pre.iterrows()]).sort_values("label")
+    several = "experiment" in pre and pre["experiment"].nunique() > 1
+    pre = pre.assign(label=[_run_label(run, several) for _, run in pre.iterrows()]).sort_values("label")
     plt = _pyplot()
     keys = ("train/loss", "train/coding_length")
     fig, axes = plt.subplots(len(pre), 2, figsize=(11, 2.4 * len(pre) + 0.6), squeeze=False)
@@ -65,10 +66,10 @@ def training_curves(runs: pd.DataFrame, client: MlflowClient, path: Path) -> Pat
     return path
 
 
-def _run_label(run: pd.Series) -> str:
+def _run_label(run: pd.Series, with_experiment: bool) -> str:
     name = run.get("tag:mec.run")
     name = name if isinstance(name, str) and name else run["run_name"]
-    return f"{run['experiment']}/{name}" if "experiment" in run and run.get("experiment") else str(name)
+    return f"{run['experiment']}/{name}" if with_experiment else str(name)
 
 
 def probe_curves(runs: pd.DataFrame, client: MlflowClient, path: Path) -> Path | None:

@@ -60,8 +60,8 @@ def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
 
     finished = runs[runs["status"] == "FINISHED"]
     pre = finished[finished["tag:mec.stage"] == "pretrain"]
-    if "tag:mec.baseline" in pre:
-        pre = pre[pre["tag:mec.baseline"].isna()]
+    if "tag:mec.baseline" in pre:  # an imported backbone (e.g. the released checkpoint) stays: it is MEC
+        pre = pre[pre["tag:mec.baseline"] != "random_init"]
     ev = latest_evaluations(runs)
     if ev.empty or pre.empty:
         return pd.DataFrame()

@@ -2,6 +2,7 @@
 # same command a user runs (`mec tables`, workflow/reports/regenerate.py). Both rules are light: they run on
 # this machine (a login node under SLURM) in a process of their own, with their output in a log file.
 
+import os
 import shlex
 import sys
 
@@ -10,12 +11,10 @@ localrules:
     figure_taylor,
 
 MEC_COMMAND = f"{shlex.quote(sys.executable)} -m workflow.cli"  # the `mec` command of this environment
-
-
-def tables_arguments():
-    """The experiment, its store and where its report run goes (the experiment itself, beside its runs)."""
-    tracking = ["--tracking-uri", EXPERIMENT.tracking_uri] if EXPERIMENT.tracking_uri else []
-    return shlex.join(["--experiment", EXPERIMENT.name, *tracking, "--log-experiment", EXPERIMENT.name])
+# The experiment, its store (unset: resolved as the stages resolve it) and where the report run goes: the
+# experiment itself, beside its runs.
+TABLES_ARGUMENTS = shlex.join(["--experiment", EXPERIMENT.name, "--log-experiment", EXPERIMENT.name,
+                               *(["--tracking-uri", EXPERIMENT.tracking_uri] if EXPERIMENT.tracking_uri else [])])
 
 
 rule tables:
@@ -28,9 +27,9 @@ rule tables:
         md=f"{OUT}/tables/summary.md",
     params:
         mec=MEC_COMMAND,
-        arguments=tables_arguments(),
-        tables=f"{OUT}/tables",
-        figures=f"{OUT}/figures",
+        arguments=TABLES_ARGUMENTS,
+        tables=lambda wildcards, output: os.path.dirname(output.md),
+        figures=lambda wildcards, input: os.path.dirname(input.taylor),
     log:
         f"{OUT}/logs/tables.log",
     shell:

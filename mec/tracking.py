@@ -1,9 +1,13 @@
 """MLflow run records: where the store is, one experiment per campaign, and a run logger that loses nothing.
 
-Every metric goes first to a local journal (``metrics.jsonl`` beside the checkpoints) and then to MLflow in
-batches. A failed send (tracking server down, SQLite locked) keeps the batch and retries at the next flush,
-so a job keeps training while the store is away. On resume, steps MLflow already holds are not sent again:
-a run killed mid-epoch redoes those steps, and its history must not show them twice.
+Every metric goes first to a local journal (``metrics.jsonl`` beside the checkpoints), synchronously: the journal
+is the durable record. A daemon thread sends the metrics on to MLflow in batches, so a tracking server that is
+slow or away never blocks a training step; what it cannot deliver stays in the journal and is sent at a later
+flush, on resume or by the workflow rule (`replay_journal`). On resume, steps MLflow already holds are not sent
+again: a run killed mid-epoch redoes those steps, and its history must not show them twice.
+
+A new run needs the store (it is created there): an unreachable server stops it at once with
+`TrackingUnavailableError`. A run that continues (its id from a checkpoint or from the rule) never waits for it.
 """
 
 from __future__ import annotations
@@ -13,8 +17,14 @@ import logging
 import os
 import platform
 import socket
+import ssl
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +36,85 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE_DIR = Path("results")
 MAX_PARAM_LENGTH = 6000  # MLflow 3 limit on a parameter value
+MAX_METRIC_BATCH = 1000  # MLflow's log_batch limit
+PROBE_TIMEOUT_S = 5.0  # a tracking server that has not answered its health check by then counts as away
+CLOSE_WAIT_S = 10.0  # close() waits this long for the sender, then leaves the rest in the journal
+# MLflow's HTTP client retries a failed request 7 times with backoff and waits up to 120 s for each answer: about
+# 4 minutes per call against a server that is down. The logger retries at the next flush instead, so a few
+# seconds per call are enough. MLflow reads these at every request; values the user exported win.
+HTTP_REQUEST_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+class TrackingUnavailableError(ConnectionError):
+    """A new run cannot start: its tracking server does not answer. The message is one line for the user."""
+
+    def __init__(self, uri: str, reason: str, uri_source: str = "MLFLOW_TRACKING_URI"):
+        self.uri, self.reason = uri, reason
+        super().__init__(
+            f"MLflow tracking server {_redacted(uri)} is not reachable ({reason}); start it, fix {uri_source}, "
+            "or unset it to use the local SQLite store"
+        )
+
+
+def _redacted(uri: str) -> str:
+    """The URI without its password (credentials may be written into it), for messages and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def unreachable_reason(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the tracking server at ``uri`` does not answer (``"connection refused"``...), None if it does.
+
+    Any answer counts (an HTTP error status, a TLS handshake): only a server that cannot be reached is away.
+    Stores that are not HTTP (SQLite) are local and always reachable here.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):
+            return None
+        return _describe(exc.reason, timeout_s)
+    except OSError as exc:  # a read timeout is raised as is
+        return _describe(exc, timeout_s)
+
+
+def _describe(error: BaseException | str, timeout_s: float) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError):  # socket.timeout is TimeoutError
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(error, socket.gaierror):
+        return "unknown host"
+    return str(error)
+
+
+def require_tracking_store(uri: str, uri_source: str = "MLFLOW_TRACKING_URI") -> None:
+    """Raise `TrackingUnavailableError` (one line naming ``uri``) within seconds unless its store answers.
+
+    Also bounds MLflow's HTTP calls in this process (`bound_http_requests`). For code that must create runs.
+    """
+    if uri.startswith(("http://", "https://")):
+        bound_http_requests()
+    if reason := unreachable_reason(uri):
+        raise TrackingUnavailableError(uri, reason, uri_source)
+
+
+def bound_http_requests() -> None:
+    """Bound MLflow's HTTP retries and timeouts in this process (and its children), unless the user set them."""
+    for name, value in HTTP_REQUEST_BOUNDS.items():
+        os.environ.setdefault(name, value)
 
 
 def resolve_tracking_uri(configured: str | None = None, store_dir: Path = DEFAULT_STORE_DIR) -> str:
@@ -97,18 +186,41 @@ def environment_tags(world_size: int, device: str) -> dict[str, str]:
     return tags
 
 
-class RunLogger:
-    """One MLflow run of one rank-0 process; see the module docstring for the delivery guarantees."""
+@dataclass
+class _Resume:
+    """What a continued run owes the store before its new metrics: RUNNING status, tags, earlier journal steps."""
 
-    def __init__(self, client: MlflowClient, run_id: str, journal: Path, flush_every_s: float = 15.0):
+    running: bool
+    tags: dict[str, str]
+    journaled_upto: dict[str, int]  # the journal's newest step per key at open; later steps are this process's
+
+
+class RunLogger:
+    """One MLflow run of one rank-0 process; see the module docstring for the delivery guarantees.
+
+    The training thread appends to the journal and to ``_pending``; the sender thread alone sends, and removes
+    what the store took from the front of ``_pending``. ``_cond`` guards what both threads share. A process forked
+    from this one (a DataLoader worker) has no sender thread and must not use the logger.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, journal: Path, flush_every_s: float = 15.0,
+                 close_wait_s: float = CLOSE_WAIT_S):
         self.client = client
         self.run_id = run_id
         self.journal = journal
         self.flush_every_s = flush_every_s
-        self._pending: list[Metric] = []
-        self._last_flush = time.monotonic()
+        self.close_wait_s = close_wait_s
+        self.away: str | None = None  # why the store failed last; None while it answers
         self._logged_upto: dict[str, int] = {}
-        self._warned = False
+        self._last_flush = time.monotonic()
+        self._cond = threading.Condition()
+        self._pending: list[Metric] = []
+        self._resume: _Resume | None = None
+        self._final_status: str | None = None
+        self._asked = self._answered = 0  # flush requests made, and answered by the sender
+        self._closing = False
+        self._sender: threading.Thread | None = None
+        self._owner_pid = os.getpid()
         journal.parent.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -124,31 +236,40 @@ class RunLogger:
     ) -> RunLogger:
         """Continue ``resume_run_id`` (from a checkpoint, or created by the rule) or start a new run.
 
-        Continuing a run needs no store: if it cannot be reached, training goes on and every metric waits in
-        the journal (`replay_journal` sends it later). A store that answers but lacks the run is an error:
-        better than a silent new run.
+        A new run is created in the store, so the store must answer: `TrackingUnavailableError` within seconds
+        if it does not. Continuing a run needs no store: if it cannot be reached, training goes on and every
+        metric waits in the journal until it answers. A store that answers but lacks the run is an error: better
+        than a silent new run.
         """
         uri = resolve_tracking_uri(tracking_uri)
+        if uri.startswith(("http://", "https://")):
+            bound_http_requests()
         client = MlflowClient(tracking_uri=uri)
-        if not resume_run_id:
-            exp_id = ensure_experiment(client, experiment)
-            run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
-            log.info("MLflow run %s in experiment %r at %s", run.info.run_id, experiment, uri)
-            return cls(client, run.info.run_id, journal)
-        logger = cls(client, resume_run_id, journal)
+        _end_torn_line(journal)
+        if resume_run_id:
+            return cls._continue(client, resume_run_id, journal, tags or {})
+        uri_source = "tracking.tracking_uri" if tracking_uri else "MLFLOW_TRACKING_URI"
+        return cls(client, _create_run(client, experiment, run_name, tags or {}, uri_source), journal)
+
+    @classmethod
+    def _continue(cls, client: MlflowClient, run_id: str, journal: Path, tags: dict[str, str]) -> RunLogger:
+        logger = cls(client, run_id, journal)
         # Steps already journaled were logged by an earlier process (or wait to be sent): never twice.
-        logger._logged_upto = journal_max_steps(journal, resume_run_id)
-        try:
-            client.update_run(resume_run_id, status="RUNNING")
-            if tags:
-                logger.set_tags(tags)
-            sent = replay_journal(client, resume_run_id, journal)
-        except Exception as exc:  # transport or store errors; a missing run is not one of them
-            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
-                raise
-            log.warning("MLflow unreachable (%s); run %s continues, metrics kept in %s", exc, resume_run_id, journal)
-            return logger
-        log.info("continuing MLflow run %s (%d journaled metrics re-sent)", resume_run_id, sent)
+        logger._logged_upto = journal_max_steps(journal, run_id)
+        logger._resume = _Resume(running=False, tags=tags, journaled_upto=dict(logger._logged_upto))
+        logger.away = unreachable_reason(client.tracking_uri)
+        if logger.away is None:
+            try:
+                client.update_run(run_id, status="RUNNING")  # also asks whether the store holds the run
+                logger._resume.running = True
+            except Exception as exc:  # transport or store errors; a missing run is not one of them
+                if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                logger.away = _first_line(exc)
+        if logger.away is not None:
+            log.warning("MLflow at %s is away (%s); run %s continues, its metrics wait in %s until it answers",
+                        _redacted(client.tracking_uri), logger.away, run_id, journal)
+        logger.flush()  # the sender sends what earlier processes journaled and the store lacks
         return logger
 
     def log_params(self, params: dict[str, Any]) -> None:
@@ -162,15 +283,20 @@ class RunLogger:
         """Run a non-metric store call (params, tags, artifacts); a store that is away only costs a warning.
 
         The rule that launched the job logs params and tags before and artifacts after it, so nothing is lost.
+        A store already known to be away is not asked (each call would wait for its timeouts).
         """
+        if self.away is not None:
+            log.warning("MLflow: could not %s for run %s: the store is away (%s)", what, self.run_id, self.away)
+            return False
         try:
             call(*args)
         except Exception as exc:
-            log.warning("MLflow: could not %s for run %s: %s", what, self.run_id, exc)
+            log.warning("MLflow: could not %s for run %s: %s", what, self.run_id, _first_line(exc))
             return False
         return True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Journal the metrics (steps this run already logged are skipped) and queue them for the sender."""
         now = int(time.time() * 1000)
         fresh = {k: float(v) for k, v in metrics.items() if step > self._logged_upto.get(k, -1)}
         if not fresh:
@@ -179,27 +305,28 @@ class RunLogger:
             for key, value in fresh.items():
                 fh.write(json.dumps({"run_id": self.run_id, "key": key, "value": value, "step": step,
                                     "timestamp": now}) + "\n")
-        self._pending.extend(Metric(key, value, now, step) for key, value in fresh.items())
+        with self._cond:
+            self._pending.extend(Metric(key, value, now, step) for key, value in fresh.items())
         for key in fresh:
             self._logged_upto[key] = step
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
-    def flush(self) -> bool:
-        """Send pending metrics; False (and keep them) if the store cannot be reached."""
+    def flush(self, wait_s: float = 0.0) -> bool:
+        """Wake the sender and wait up to ``wait_s`` for it; True once the store holds everything logged.
+
+        A training step need not wait: the journal already holds every metric.
+        """
         self._last_flush = time.monotonic()
-        while self._pending:
-            batch = self._pending[:1000]
-            try:
-                self.client.log_batch(self.run_id, metrics=batch)
-            except Exception as exc:  # any transport/store error: keep training, retry later
-                if not self._warned:
-                    log.warning("MLflow unreachable (%s); metrics kept in %s and retried", exc, self.journal)
-                    self._warned = True
-                return False
-            del self._pending[: len(batch)]
-        self._warned = False
-        return True
+        with self._cond:
+            self._asked += 1
+            ticket = self._asked
+            if self._sender is None and os.getpid() == self._owner_pid:
+                self._sender = threading.Thread(target=self._send_loop, name="mlflow-sender", daemon=True)
+                self._sender.start()
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._answered >= ticket, timeout=wait_s)
+            return not self._pending and self._resume is None and self._final_status is None
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -208,13 +335,111 @@ class RunLogger:
         self.client.log_text(self.run_id, text, artifact_file)
 
     def close(self, status: str = "FINISHED") -> None:
-        delivered = self.flush()
+        """Deliver what is pending and mark the run ``status``, waiting at most ``close_wait_s`` for the store.
+
+        What the store has not taken by then stays in the journal: the workflow rule or the next resume sends it.
+        """
+        with self._cond:
+            self._final_status = status
+        delivered = self.flush(wait_s=self.close_wait_s)
+        with self._cond:
+            self._closing = True  # the sender stops, even in the middle of what it was sending
+            self._cond.notify_all()
+            waiting = len(self._pending)
         if not delivered:
-            log.error("%d metrics could not reach MLflow; they are in %s", len(self._pending), self.journal)
+            log.error("MLflow at %s did not take run %s's last records within %g s (%s): %d metrics wait in %s "
+                      "(the workflow rule or the next resume sends them); the run is not marked %s",
+                      _redacted(self.client.tracking_uri), self.run_id, self.close_wait_s,
+                      self.away or "still sending", waiting, self.journal, status)
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._asked > self._answered or self._closing)
+                if self._closing:
+                    return
+                ticket = self._asked
+            self._send_round()
+            with self._cond:
+                self._answered = ticket
+                self._cond.notify_all()
+
+    def _send_round(self) -> None:
+        """What a continued run owes, then the pending metrics in order, then the final status; stop at a failure."""
         try:
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as exc:  # a store that is away must not mask the run's own outcome
-            log.error("could not mark MLflow run %s as %s: %s", self.run_id, status, exc)
+            if self._resume is not None:
+                self._settle_resume()
+            while not self._closing:
+                with self._cond:
+                    batch = self._pending[:MAX_METRIC_BATCH]
+                if not batch:
+                    break
+                self.client.log_batch(self.run_id, metrics=batch)
+                with self._cond:
+                    del self._pending[: len(batch)]
+            with self._cond:
+                status = self._final_status if not self._pending and not self._closing else None
+            if status is not None:
+                self.client.set_terminated(self.run_id, status=status)
+                with self._cond:
+                    self._final_status = None
+        except Exception as exc:  # any transport or store error: keep everything and retry at the next flush
+            if self._closing:  # close() has already said what was left
+                return
+            reason = unreachable_reason(self.client.tracking_uri) or _first_line(exc)
+            if self.away is None:
+                log.warning("MLflow at %s is away (%s); run %s keeps training, its metrics wait in %s",
+                            _redacted(self.client.tracking_uri), reason, self.run_id, self.journal)
+            self.away = reason
+            return
+        if self._closing:
+            return
+        if self.away is not None:
+            log.info("MLflow at %s answers again; run %s is up to date", _redacted(self.client.tracking_uri),
+                     self.run_id)
+        self.away = None
+
+    def _settle_resume(self) -> None:
+        owed = self._resume
+        if not owed.running:
+            self.client.update_run(self.run_id, status="RUNNING")
+            owed.running = True
+        if owed.tags:
+            self.set_tags(owed.tags)
+            owed.tags = {}
+        earlier = [r for r in read_journal(self.journal, self.run_id)
+                   if int(r["step"]) <= owed.journaled_upto.get(r["key"], -1)]
+        sent = _send_missing(self.client, self.run_id, earlier)
+        with self._cond:
+            self._resume = None
+        log.info("continuing MLflow run %s (%d journaled metrics re-sent)", self.run_id, sent)
+
+
+def _create_run(client: MlflowClient, experiment: str, run_name: str | None, tags: dict[str, str],
+                uri_source: str) -> str:
+    uri = client.tracking_uri
+    require_tracking_store(uri, uri_source)
+    try:
+        run = client.create_run(ensure_experiment(client, experiment), run_name=run_name, tags=tags)
+    except mlflow.exceptions.MlflowException as exc:
+        if reason := unreachable_reason(uri):  # it went away after the check
+            raise TrackingUnavailableError(uri, reason, uri_source) from exc
+        raise
+    log.info("MLflow run %s in experiment %r at %s", run.info.run_id, experiment, _redacted(uri))
+    return run.info.run_id
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _end_torn_line(journal: Path) -> None:
+    """Finish a last line torn by a killed writer, so that the next record starts a line of its own."""
+    if journal.exists() and journal.stat().st_size:
+        with journal.open("rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
@@ -253,19 +478,19 @@ def replay_journal(client: MlflowClient, run_id: str, journal: Path) -> int:
     The journal is written before every send, so it holds everything the store holds and possibly more:
     what a killed process or an unreachable store never delivered.
     """
-    records = read_journal(journal, run_id)
-    if not records:
-        return 0
-    stored: dict[str, int] = {}
-    for key in {r["key"] for r in records}:
-        history = client.get_metric_history(run_id, key)
-        stored[key] = max((m.step for m in history), default=-1)
+    return _send_missing(client, run_id, read_journal(journal, run_id))
+
+
+def _send_missing(client: MlflowClient, run_id: str, records: list[dict[str, Any]]) -> int:
+    """Send the records whose step is above the store's newest for their key; each (key, step) once."""
+    stored = {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+              for key in {r["key"] for r in records}}
     missing, seen = [], set()
     for r in records:
         ident = (r["key"], int(r["step"]))
         if int(r["step"]) > stored[r["key"]] and ident not in seen:
             seen.add(ident)
             missing.append(Metric(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])))
-    for start in range(0, len(missing), 1000):
-        client.log_batch(run_id, metrics=missing[start : start + 1000])
+    for start in range(0, len(missing), MAX_METRIC_BATCH):
+        client.log_batch(run_id, metrics=missing[start : start + MAX_METRIC_BATCH])
     return len(missing)

@@ -26,7 +26,7 @@ def test_metrics_survive_an_unreachable_store_and_are_sent_later(tmp_path, monke
     monkeypatch.setattr(logger.client, "log_batch", down)
     logger.log_metrics({"train/loss": 1.5}, step=1)
     logger.log_metrics({"train/loss": 1.25}, step=2)
-    assert logger.flush() is False
+    assert logger.flush(wait_s=30) is False
     journal = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["value"]) for r in journal] == [(1, 1.5), (2, 1.25)]
 
@@ -42,7 +42,7 @@ def test_resumed_logger_skips_steps_the_store_already_holds(tmp_path):
     first = RunLogger.open(experiment="e", run_name="r", journal=tmp_path / "j.jsonl", tracking_uri=uri)
     for step in (1, 2, 3):
         first.log_metrics({"train/loss": float(step)}, step)
-    first.flush()  # killed here: the run is never closed
+    assert first.flush(wait_s=30)  # killed here: the run is never closed
 
     again = RunLogger.open(experiment="e", run_name="r", journal=tmp_path / "j.jsonl", tracking_uri=uri,
                            resume_run_id=first.run_id)
@@ -67,7 +67,7 @@ def test_metrics_a_killed_process_never_sent_are_replayed_when_the_run_resumes(t
     journal = tmp_path / "j.jsonl"
     first = RunLogger.open(experiment="e", run_name="r", journal=journal, tracking_uri=uri)
     first.log_metrics({"train/loss": 1.0}, 1)
-    first.flush()
+    assert first.flush(wait_s=30)
     first.log_metrics({"train/loss": 2.0}, 2)  # journaled, then the process dies before the next flush
     again = RunLogger.open(experiment="e", run_name="r", journal=journal, tracking_uri=uri, resume_run_id=first.run_id)
     again.log_metrics({"train/loss": 20.0}, 2)  # the redone step is not logged a second time
@@ -121,3 +121,19 @@ def test_the_journal_keeps_runs_apart_and_skips_a_torn_line(tmp_path):
     )
     assert [r["value"] for r in read_journal(journal, "a")] == [1.0]
     assert journal_max_steps(journal, "b") == {"k": 5}
+
+
+def test_a_record_journaled_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = tmp_path / "j.jsonl"
+    first = RunLogger.open(experiment="e", run_name="r", journal=journal, tracking_uri=uri)
+    first.log_metrics({"train/loss": 1.0}, 1)
+    with journal.open("a") as fh:  # the writer was killed mid-line
+        fh.write('{"run_id": "' + first.run_id + '", "key": "train/loss", "val')
+    again = RunLogger.open(experiment="e", run_name="r", journal=journal, tracking_uri=uri,
+                           resume_run_id=first.run_id)
+    again.log_metrics({"train/loss": 2.0}, 2)
+    again.close()
+    assert [(r["step"], r["value"]) for r in read_journal(journal, first.run_id)] == [(1, 1.0), (2, 2.0)]
+    history = MlflowClient(uri).get_metric_history(first.run_id, "train/loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0)]

@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 from snakemake.utils import min_version, validate
 
-from workflow import stages
 from workflow.experiment import build_experiment
 
 min_version("9.0")
@@ -34,3 +33,7 @@ rule all:
     input:
         rules.tables.output,
     default_target: True
+
+
+onsuccess:
+    print_where_results_are()

@@ -35,13 +35,15 @@ def write_image_folder(root: Path, per_class: int = 12, size: int = 24, variants
     return root
 
 
-def write_tiny_mec_config(tmp_path: Path, *, epochs: int = 2, per_class: int = 16, deterministic: bool = False) -> Path:
+def write_tiny_mec_config(tmp_path: Path, *, epochs: int = 2, per_class: int = 16, deterministic: bool = False,
+                          num_workers: int = 0) -> Path:
     """A `mec` config YAML for a width-4 network on a written ImageFolder tree: 4 steps per epoch at 16 per class."""
     data = write_image_folder(tmp_path / "data", per_class=per_class, size=16)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tiny",
-        "data": {"name": "imagefolder", "root": str(data), "augment": "digits", "image_size": 16, "num_workers": 0},
+        "data": {"name": "imagefolder", "root": str(data), "augment": "digits", "image_size": 16,
+                 "num_workers": num_workers},
         "model": TINY_MODEL,
         "loss": {"eps": 2.0, "lambda_warmup_epochs": 1},
         "optim": {"batch_size": 8, "base_lr": 0.1, "epochs": epochs, "warmup_epochs": 1},

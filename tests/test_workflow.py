@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,11 @@ def test_local_jobs_take_their_cores_and_slurm_jobs_do_not(tmp_path):
 
 def _tiny_experiment(tmp_path: Path, *, fail_group_b: bool) -> Path:
     mec_config = write_tiny_mec_config(tmp_path)
-    b_overrides = {"train.stop_after_steps": 5} if fail_group_b else {}  # 4 steps per epoch: dies in epoch 2
+    # Group b reads its own copy of the data, missing on the first run: its job fails, the rerun has it.
+    b_data = tmp_path / "data_b"
+    if not fail_group_b and not b_data.exists():
+        shutil.copytree(tmp_path / "data", b_data)
+    b_overrides = {"data.root": str(b_data)}
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(yaml.safe_dump({
         "experiment": "wf-test",
@@ -117,6 +122,14 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
         assert (results / "eval" / "knn" / run / "result.json").exists()
     assert not (results / "pretrain" / "b_s0" / "pretrain.json").exists()
     b_run_id = (results / "pretrain" / "b_s0" / "mlflow_run_id").read_text().strip()
+    # The failed job's run ends FAILED, saying why and where the job's log is; the rule's log says it in one line.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    failed = client.get_run(b_run_id)
+    assert failed.info.status == "FAILED"
+    assert "data_b" in failed.data.tags["mec.failure"]
+    assert failed.data.tags["mec.failure_log"].endswith(".err")
+    rule_log = (results / "logs" / "pretrain" / "b_s0.log").read_text()
+    assert "pretrain b_s0 failed: local job" in rule_log and "data_b" in rule_log
 
     # The failed branch, and only it (plus the tables), is what is left to do.
     experiment = _tiny_experiment(tmp_path, fail_group_b=False)
@@ -135,12 +148,15 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
     assert records["b_s0"]["run_id"] == b_run_id  # resumed into the run the killed job started
     assert records["a_s0"]["launch"]["cluster"] == "local" and records["a_s0"]["launch"]["job_id"]
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for run, record in records.items():
         # 2 epochs x 4 steps, logged every step: every step exactly once, in the killed-and-resumed run too
         assert _metric_steps(client, record["run_id"], "train/loss") == list(range(1, 9)), run
         tags = client.get_run(record["run_id"]).data.tags
         assert tags["launcher.job_id"] == record["launch"]["job_id"]
+        # every submission is recorded: b's failed job and its rerun
+        submitted = [e["job_id"] for e in record["launches"] if e["event"] == "submitted"]
+        assert tags["launcher.job_ids"] == ",".join(submitted) and tags["launcher.attempts"] == str(len(submitted))
+        assert len(submitted) == (2 if run == "b_s0" else 1), run
         assert tags["mec.stage"] == "pretrain"
         ev = json.loads((results / "eval" / "knn" / run / "result.json").read_text())
         ev_tags = client.get_run(ev["run_id"]).data.tags
@@ -154,9 +170,46 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
         assert record["run_id"] in summary
     assert "knn:knn/top1_k5" in summary
     (figures_run,) = client.search_runs([client.get_experiment_by_name("wf-test").experiment_id],
-                                        "tags.`mec.stage` = 'figures'")
+                                        "tags.`mec.stage` = 'tables'")
     logged = {a.path for a in client.list_artifacts(figures_run.info.run_id, "figures")}
     assert "figures/taylor_error.png" in logged
 
     again = _snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_failing_evaluation_ends_its_mlflow_run_failed_with_the_reason(tmp_path):
+    from workflow import stage, stages
+
+    mec_config = write_tiny_mec_config(tmp_path)
+    tree = {"experiment": "fail-test", "output": str(tmp_path / "results"), "launcher": "inline",
+            "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "pretrain": {"a": {"config": str(mec_config)}}, "evaluate": {"knn": {"runs": ["a"]}}}
+    experiment_record = tmp_path / "results" / "mlflow_experiment.json"
+    stages.create_experiment(tree, experiment_record)
+    # A pretraining record whose backbone file is missing: the protocol raises in the job.
+    config = build_experiment(tree).config_for("a_s0").model_dump(mode="json")
+    pretrain_record = tmp_path / "pretrain.json"
+    pretrain_record.write_text(json.dumps({"run_id": "0" * 32, "backbone": str(tmp_path / "missing.pt"),
+                                           "config": config}))
+    output = tmp_path / "results" / "eval" / "knn" / "a_s0" / "result.json"
+    with pytest.raises(stage.StageError, match="missing.pt"):
+        stage.evaluate(experiment_record, "knn", "a_s0", pretrain_record, output, {})
+    assert not output.exists()
+    client = MlflowClient(tree["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("fail-test").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "missing.pt" in run.data.tags["mec.failure"]
+    assert run.data.tags["launcher.cluster"] == "inline"
+
+
+def test_the_waiting_process_imports_neither_torch_nor_mlflow(tmp_path):
+    """A rule waiting on its job holds a light process (a login node may hold one per rule in flight)."""
+    # VmRSS, not ru_maxrss: a child's maxrss starts at its parent's (here pytest's) and survives exec.
+    probe = ("import re, sys, workflow.stage; "
+             "print(sorted({'torch', 'mlflow'} & set(sys.modules)), "
+             "int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read())[1]) // 1024)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=tmp_path)
+    heavy, rss_mb = proc.stdout.split("]")
+    assert heavy == "[", proc.stdout
+    assert int(rss_mb) < 150  # MB; torch alone is about 500

@@ -20,6 +20,7 @@ its stdout/stderr files and the submitit folder come back as a `LaunchRecord`, f
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shlex
 import signal
@@ -37,7 +38,11 @@ CLUSTERS = ("inline", "debug", "local", "slurm")
 
 
 class LaunchError(RuntimeError):
-    """The job failed; the message names the job id and where its log is."""
+    """The job failed; the message names the job id and where its log is (also in ``log``)."""
+
+    def __init__(self, message: str, log: str | None = None) -> None:
+        super().__init__(message)
+        self.log = log
 
 
 @dataclass(frozen=True)
@@ -148,13 +153,23 @@ class ResumableCall(submitit.helpers.Checkpointable):
 
     The wrapped function must resume from its own checkpoints (pretraining and the evaluations do), so the
     state to carry across a requeue is just the call itself: Checkpointable's default ``checkpoint``.
+    ``fn`` may be a ``"module:function"`` name, imported only in the job: the process that submits and waits
+    then never imports what the job needs (torch, MLflow).
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any] | str) -> None:
         self.fn = fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+        return resolve(self.fn)(*args, **kwargs)
+
+
+def resolve(fn: Callable[..., Any] | str) -> Callable[..., Any]:
+    """A callable, or the function a ``"module:function"`` name points to."""
+    if callable(fn):
+        return fn
+    module, _, name = fn.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def inside_slurm_allocation() -> bool:
@@ -193,56 +208,175 @@ def _executor(spec: LaunchSpec) -> submitit.Executor:
     return executor
 
 
-SLURM_FAILED_STATES = {"CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+# A job in one of these states may still write its result (a requeued job is PENDING or REQUEUED again).
+SLURM_ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED",
+                       "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT", "PREEMPTED"}
 RESULT_GRACE_S = 30.0  # a finished job's result file may reach a shared file system a little late
+CLOCK_SKEW_S = 2.0  # result files are stamped by the compute node's clock, start times by slurmctld's
 
 
-def _squeue_state(job_id: str | None) -> str | None:
-    if not job_id:
-        return None
+def slurm_job_info(job_id: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (JobState, Restarts, StartTime, ...); {} once SLURM has forgotten the job.
+
+    scontrol, not sacct: clusters without accounting have no sacct, and submitit then never sees a job that was
+    killed outside Python (scancel, OOM, node failure) end.
+    """
     try:
-        out = subprocess.run(["squeue", "-h", "--states=all", "-j", job_id.split("_")[0], "-o", "%T"],
-                             capture_output=True, text=True, timeout=30, check=False).stdout.split()
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id.split("_")[0]], capture_output=True, text=True,
+                             timeout=60, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(token.split("=", 1) for token in out.split() if "=" in token)
+
+
+def _start_time(info: Mapping[str, str]) -> float | None:
+    try:
+        return time.mktime(time.strptime(info.get("StartTime", ""), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
         return None
-    return out[0] if out else None
 
 
-class _Interrupted(BaseException):
-    pass
+class LogTail:
+    """New lines of a job's stdout and stderr since the last call (the files grow as the job runs)."""
+
+    def __init__(self, *paths: str | None) -> None:
+        self.offsets = {Path(p): 0 for p in paths if p}
+
+    def new_lines(self) -> list[str]:
+        lines: list[str] = []
+        for path, offset in self.offsets.items():
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except OSError:
+                continue
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a half-written line waits for the next call
+            self.offsets[path] = offset + len(complete)
+            lines += complete.decode(errors="replace").splitlines()
+        return lines
+
+
+class Interrupted(BaseException):
+    """SIGTERM reached the waiting process (Ctrl-C arrives as KeyboardInterrupt); ``log``: the job's, if any."""
+
+    def __init__(self, message: str = "interrupted", log: str | None = None) -> None:
+        super().__init__(message)
+        self.log = log
 
 
 @contextlib.contextmanager
-def _cancel_on_interrupt(job: submitit.Job) -> Iterator[None]:
-    """A rule that is interrupted (Ctrl-C, or SIGTERM from Snakemake) cancels its job instead of orphaning it.
+def interrupts_raise() -> Iterator[None]:
+    """In the main thread, SIGTERM raises `Interrupted` like Ctrl-C raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    The job's checkpoints stay: the rerun resumes from them.
-    """
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum: int, frame: Any) -> None:
-            raise _Interrupted(f"signal {signum}")
+    def on_term(signum: int, frame: Any) -> None:
+        raise Interrupted(f"signal {signum}")
 
-        previous = signal.signal(signal.SIGTERM, on_term)
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
-    except (KeyboardInterrupt, _Interrupted):
-        job.cancel(check=False)
-        raise LaunchError(f"interrupted: cancelled job {job.job_id}; its checkpoints are kept") from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def submit(fn: Callable[..., Any] | str, *args: Any, spec: LaunchSpec, **kwargs: Any) -> submitit.Job:
+    """Submit ``fn(*args, **kwargs)`` as a resumable job (``spec.cluster`` is debug, local or slurm)."""
+    return _executor(spec).submit(ResumableCall(fn), *args, **kwargs)
+
+
+def attach(spec: LaunchSpec, job_id: str) -> submitit.Job:
+    """The submitit handle of a SLURM job submitted earlier (by a rule whose process has died) in ``spec.folder``."""
+    return submitit.SlurmJob(folder=Path(spec.folder).resolve(), job_id=job_id)
+
+
+def record_of(job: submitit.Job, cluster: str) -> LaunchRecord:
+    return LaunchRecord(cluster=cluster, job_id=str(job.job_id), folder=str(job.paths.folder),
+                        stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
+
+
+def follow(
+    job: submitit.Job,
+    spec: LaunchSpec,
+    *,
+    on_attempt: Callable[[int], None] | None = None,
+    echo: Callable[[str], None] | None = None,
+    poll_s: float = 2.0,
+    echo_every_s: float = 5.0,
+) -> Any:
+    """Wait for ``job`` and return rank 0's result; a failure raises `LaunchError` naming the job and its log.
+
+    A SLURM job is followed to its last attempt: a requeued job (preemption, time limit, `scontrol requeue`)
+    restarts under the same id, and a result file older than the running attempt's start is stale.
+    ``on_attempt(n)`` is called for each restart seen (n = 2, 3, ...); ``echo`` gets the job's new log
+    lines, at most every ``echo_every_s`` seconds.
+    """
+    record = record_of(job, spec.cluster)
+    rank0 = job.task(0) if getattr(job, "_sub_jobs", None) else job
+    tail, echoed_at = LogTail(record.stdout, record.stderr), 0.0
+    restarts, attempt_start, running_seen, ended_at = 0, 0.0, False, None
+    while True:
+        if echo is not None and time.monotonic() - echoed_at >= echo_every_s:
+            echoed_at = time.monotonic()
+            for line in tail.new_lines():
+                echo(line)
+        if spec.cluster != "slurm":
+            if job.done():
+                break
+            time.sleep(poll_s)
+            continue
+        info = slurm_job_info(record.job_id)
+        state = info.get("JobState", "")
+        if int(info.get("Restarts", "0") or 0) > restarts:
+            restarts = int(info["Restarts"])
+            running_seen = False
+            attempt_start = time.time()
+            if on_attempt is not None:
+                on_attempt(restarts + 1)
+        if state == "RUNNING":
+            attempt_start = max(attempt_start, (_start_time(info) or time.time()) - CLOCK_SKEW_S)
+            if not running_seen and echo is not None:
+                echo(f"{spec.cluster} job {record.job_id} running on {info.get('NodeList', '?')}; "
+                     f"log {record.stdout}")
+            running_seen = True
+        result = rank0.paths.result_pickle
+        fresh = result.exists() and result.stat().st_mtime >= attempt_start
+        if state not in SLURM_ACTIVE_STATES and fresh:
+            break
+        if state not in SLURM_ACTIVE_STATES:  # over (or forgotten) and no result of its last attempt yet
+            ended_at = ended_at or time.monotonic()
+            if time.monotonic() - ended_at > RESULT_GRACE_S:
+                raise LaunchError(f"slurm job {record.job_id} ({spec.job_name}) ended {state or 'unseen'} "
+                                  f"without a result; its log is {record.stderr}", log=record.stderr)
+        else:
+            ended_at = None
+        time.sleep(poll_s)
+    if echo is not None:
+        for line in tail.new_lines():
+            echo(line)
+    try:
+        return rank0.result()  # rank 0's result; every task of a DDP job returns one
+    except Exception as exc:  # submitit wraps the job's traceback in FailedJobError / UncompletedJobError
+        raise LaunchError(
+            f"{spec.cluster} job {record.job_id} ({spec.job_name}) failed; its log is {record.stderr}:\n{exc}",
+            log=record.stderr,
+        ) from exc
 
 
 def launch(
-    fn: Callable[..., Any],
+    fn: Callable[..., Any] | str,
     *args: Any,
     spec: LaunchSpec,
     on_submit: Callable[[LaunchRecord], None] | None = None,
     poll_s: float = 2.0,
     **kwargs: Any,
 ) -> tuple[Any, LaunchRecord]:
-    """Run ``fn(*args, **kwargs)`` as ``spec`` says and wait for it; returns (result of rank 0, record)."""
+    """Run ``fn(*args, **kwargs)`` as ``spec`` says and wait for it; returns (result of rank 0, record).
+
+    Interrupted (Ctrl-C, SIGTERM), it cancels the job and raises `LaunchError`; the checkpoints stay.
+    """
     if spec.cluster == "inline" or (spec.cluster == "slurm" and inside_slurm_allocation()):
         record = LaunchRecord(
             cluster="slurm-allocation" if spec.cluster == "slurm" else "inline",
@@ -253,32 +387,16 @@ def launch(
         )
         if on_submit is not None:
             on_submit(record)
-        return fn(*args, **kwargs), record
+        return resolve(fn)(*args, **kwargs), record
 
-    job = _executor(spec).submit(ResumableCall(fn), *args, **kwargs)
-    record = LaunchRecord(
-        cluster=spec.cluster,
-        job_id=str(job.job_id),
-        folder=str(job.paths.folder),
-        stdout=str(job.paths.stdout),
-        stderr=str(job.paths.stderr),
-    )
+    job = submit(fn, *args, spec=spec, **kwargs)
+    record = record_of(job, spec.cluster)
     if on_submit is not None:
         on_submit(record)
-    with _cancel_on_interrupt(job):
-        ended_at = None
-        while not job.done():
-            time.sleep(poll_s)
-            # submitit learns of a job killed outside Python (scancel, OOM, node failure) only from sacct,
-            # which clusters without accounting lack: ask squeue too, and give up once the job is over and
-            # has left no result behind.
-            if spec.cluster == "slurm" and _squeue_state(record.job_id) in SLURM_FAILED_STATES:
-                ended_at = ended_at or time.monotonic()
-                if time.monotonic() - ended_at > RESULT_GRACE_S:
-                    break
     try:
-        return job.results()[0], record  # rank 0's result; every task of a DDP job returns one
-    except Exception as exc:  # submitit wraps the job's traceback in FailedJobError / UncompletedJobError
-        raise LaunchError(
-            f"{spec.cluster} job {record.job_id} ({spec.job_name}) failed; its log is {record.stderr}:\n{exc}"
-        ) from exc
+        with interrupts_raise():
+            return follow(job, spec, poll_s=poll_s), record
+    except (KeyboardInterrupt, Interrupted):
+        job.cancel(check=False)
+        raise LaunchError(f"interrupted: cancelled job {job.job_id}; its checkpoints are kept", log=record.stderr) \
+            from None

@@ -1,14 +1,18 @@
-"""What the Snakemake rules call: one function per stage, each writing a small JSON record as the rule's output.
+"""What the heavy Snakemake rules do, run in short-lived processes: MLflow bookkeeping and the job bodies.
 
-The records (run id, metrics, where the job ran) are how Snakemake knows a stage is done; MLflow holds the
-full history. Every record is written atomically and only after the work and its logging succeeded, so an
-interrupted DAG reruns exactly the stages without a record.
+A rule runs `python -m workflow.stage` (workflow/stage.py), whose process only submits a job and waits: it never
+imports torch or MLflow. It calls the bookkeeping here (create or resume the stage's MLflow run, record every
+launch attempt, replay the journal and finish, or mark the run FAILED/KILLED) through ``python -m
+workflow.stages OPERATION`` (JSON in on stdin, JSON out in a file), and submits the job bodies
+(`pretrain_job`, `random_init_job`, `evaluate_job`) by name. The records (run id, metrics, where the job ran) are
+how Snakemake knows a stage is done; MLflow holds the full history.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,19 +20,17 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
-from evals import run_protocol
-from evals.job import EvalJob
-from mec import checkpoint as ckpt
-from workflow.launch import LaunchRecord, LaunchSpec, launch
 from mec.tracking import (
     ensure_experiment,
     log_params,
     replay_journal,
     resolve_tracking_uri,
 )
-from workflow.experiment import Experiment
+from workflow.experiment import Experiment, build_experiment
 
 log = logging.getLogger(__name__)
+# torch and the evaluation code are imported by the functions that need them: the bookkeeping processes that
+# only talk to MLflow start in a few seconds.
 
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag: the UI nests the evaluation under its pretraining run
 PRETRAIN_RUN_TAG = "mec.pretrain_run_id"
@@ -37,6 +39,8 @@ RUN_ID_FILE = "mlflow_run_id"
 
 def write_record(path: str | Path, record: Mapping[str, Any]) -> Path:
     """Write a rule's JSON output atomically (temp file + rename): a killed rule leaves no half record."""
+    from mec import checkpoint as ckpt
+
     return ckpt.write_text_atomically(Path(path), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -52,11 +56,16 @@ def tracking_client(experiment: Experiment) -> tuple[MlflowClient, str]:
     return MlflowClient(tracking_uri=uri), uri
 
 
-def create_experiment(experiment: Experiment, output: str | Path) -> dict[str, Any]:
-    """Create the MLflow experiment once, before any parallel job could race to create it."""
+def create_experiment(tree: Mapping[str, Any], output: str | Path) -> dict[str, Any]:
+    """Create the MLflow experiment once, before any parallel job could race to create it.
+
+    The record also keeps the experiment config (``config``) and the resolved store: the stage commands read
+    both from it, so the jobs of one DAG log to one store whatever their environment.
+    """
+    experiment = build_experiment(tree)
     client, uri = tracking_client(experiment)
     experiment_id = ensure_experiment(client, experiment.name)
-    record = {"experiment": experiment.name, "experiment_id": experiment_id, "tracking_uri": uri}
+    record = {"experiment": experiment.name, "experiment_id": experiment_id, "tracking_uri": uri, "config": tree}
     write_record(output, record)
     return record
 
@@ -79,26 +88,85 @@ def _owned_run(client: MlflowClient, experiment_id: str, run_dir: Path, name: st
     return run_id
 
 
-def launch_spec(experiment: Experiment, resources: Mapping[str, Any], folder: Path, job_name: str) -> LaunchSpec:
-    return LaunchSpec.from_resources(resources, cluster=experiment.launcher, folder=folder, job_name=job_name)
+def start_pretrain_run(tracking_uri: str, experiment: str, run: str, run_dir: str, tags: dict[str, str],
+                       config: dict[str, Any]) -> str:
+    """Create or resume a pretraining run (the newest checkpoint's run first) and log its params and config.
+
+    Params and the resolved config are logged here, where the store is reachable; the job may not reach it.
+    """
+    from mec import checkpoint as ckpt
+    from mec.config import build_config
+
+    client = MlflowClient(tracking_uri)
+    resumable = ckpt.find_resumable(Path(run_dir) / "checkpoints")
+    resume_from = resumable[1].get(ckpt.RUN_ID_KEY) if resumable else None
+    run_id = _owned_run(client, ensure_experiment(client, experiment), Path(run_dir), run, tags, resume_from)
+    log_params(client, run_id, build_config(config).flat())
+    client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config/resolved.yaml")
+    return run_id
 
 
-def _record_launch(client: MlflowClient, run_id: str) -> Any:
-    def on_submit(record: LaunchRecord) -> None:
-        log.info("%s job %s started for run %s (log %s)", record.cluster, record.job_id, run_id, record.stdout)
-        client.log_batch(run_id, tags=[_tag(k, v) for k, v in record.as_tags().items()])
+def start_evaluation_run(experiment_file: str, evaluation: str, run: str, pretrain_record: str) -> dict[str, Any]:
+    """Create or resume an evaluation's run, nested under its pretraining run; its options, label split included."""
+    record = read_record(experiment_file)
+    experiment = build_experiment(record["config"])
+    spec = experiment.evaluation(evaluation)
+    pre = read_record(pretrain_record)
+    client = MlflowClient(record["tracking_uri"])
+    tags = {"mec.stage": "evaluate", "mec.evaluation": evaluation, "mec.protocol": spec.protocol, "mec.run": run,
+            PRETRAIN_RUN_TAG: pre["run_id"], PARENT_RUN_TAG: pre["run_id"]}
+    run_id = _owned_run(client, ensure_experiment(client, experiment.name), experiment.eval_dir(evaluation, run),
+                        f"{evaluation}/{run}", tags)
+    options = dict(spec.options)
+    if spec.fraction is not None and "split" not in options:
+        options["split"] = str(label_split(experiment, pre["config"], spec.fraction).resolve())
+    log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
+               | {"eval.protocol": spec.protocol, "eval.backbone": pre["backbone"]})
+    return {"run_id": run_id, "options": options}
 
-    return on_submit
 
-
-def _tag(key: str, value: str) -> Any:
+def record_attempts(tracking_uri: str, run_id: str, launches: list[dict[str, Any]]) -> None:
+    """Every launch of the stage as tags: all job ids in order, the number of attempts, the last job's log."""
+    if not launches:
+        return
+    last = launches[-1]
+    tags = {key: str(last[key]) for key in ("cluster", "job_id", "folder", "stdout", "stderr") if last.get(key)}
+    tags["job_ids"] = ",".join(dict.fromkeys(str(entry["job_id"]) for entry in launches if entry.get("job_id")))
+    tags["attempts"] = str(sum(entry["event"] in ("submitted", "restarted", "inline") for entry in launches))
+    client = MlflowClient(tracking_uri)
     from mlflow.entities import RunTag
 
-    return RunTag(key, value)
+    client.log_batch(run_id, tags=[RunTag(f"launcher.{key}", value) for key, value in tags.items()])
+
+
+def finish_run(tracking_uri: str, run_id: str, journal: str, launches: list[dict[str, Any]],
+               artifacts: dict[str, str] | None = None) -> None:
+    """Replay what the job could not deliver (server away, killed between flushes), log artifacts, FINISHED."""
+    record_attempts(tracking_uri, run_id, launches)
+    client = MlflowClient(tracking_uri)
+    replay_journal(client, run_id, Path(journal))
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    for path, folder in (artifacts or {}).items():
+        if folder not in logged:
+            client.log_artifact(run_id, path, folder)
+    client.set_terminated(run_id, "FINISHED")
+
+
+def fail_run(tracking_uri: str, run_id: str, journal: str, launches: list[dict[str, Any]], status: str, reason: str,
+             log_file: str | None) -> None:
+    """End a stage's run FAILED (or KILLED when interrupted), keeping what the job logged and saying why."""
+    record_attempts(tracking_uri, run_id, launches)
+    client = MlflowClient(tracking_uri)
+    if Path(journal).exists():
+        replay_journal(client, run_id, Path(journal))
+    client.set_tag(run_id, "mec.failure", reason[:4000])
+    if log_file:
+        client.set_tag(run_id, "mec.failure_log", log_file)
+    client.set_terminated(run_id, status)
 
 
 def pretrain_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Body of a pretraining job (pickled by submitit): resume or start, export the backbone."""
+    """Body of a pretraining job (run by submitit): resume or start, export the backbone."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mec.config import build_config
     from mec.train import pretrain
@@ -111,6 +179,7 @@ def random_init_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Export the config's backbone, randomly initialised with the run's seed (every residual branch active)."""
     import torch
 
+    from mec import checkpoint as ckpt
     from mec.config import build_config
     from mec.train import build_backbone_from_config
 
@@ -126,98 +195,13 @@ def random_init_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "backbone": str(path), "metrics": {}}
 
 
-def pretrain(experiment: Experiment, run: str, output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
-    """Pretrain one run of the experiment through the launcher and write its record."""
-    client, uri = tracking_client(experiment)
-    # The job logs to the store this rule resolved, wherever it starts.
-    cfg = experiment.config_for(run, **{"tracking.tracking_uri": uri})
-    run_dir = experiment.pretrain_dir(run)
-    experiment_id = ensure_experiment(client, experiment.name)
-    resumable = ckpt.find_resumable(run_dir / "checkpoints")
-    resume_from = resumable[1].get(ckpt.RUN_ID_KEY) if resumable else None
-    run_id = _owned_run(client, experiment_id, run_dir, run,
-                        {"mec.stage": "pretrain", "mec.run": run, "mec.group": experiment.run(run).group},
-                        resume_from=resume_from)
-    # Params and the resolved config are logged here, where the store is reachable; the job may not reach it.
-    log_params(client, run_id, cfg.flat())
-    client.log_text(run_id, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
-    if experiment.run(run).random_init:
-        # A baseline costs a second: no job, the rule exports it (same network, standard init).
-        client.set_tag(run_id, "mec.baseline", "random_init")
-        spec = LaunchSpec(cluster="inline")
-        job_fn = random_init_job
-    else:
-        spec = launch_spec(experiment, resources, run_dir / "submitit", f"pretrain-{run}")
-        job_fn = pretrain_job
-    result, record = launch(job_fn, cfg.model_dump(mode="json"), run_id, spec=spec,
-                            on_submit=_record_launch(client, run_id))
-    # Whatever the job could not deliver (server away, killed between flushes) goes now.
-    replay_journal(client, run_id, run_dir / "metrics.jsonl")
-    backbone = Path(result["backbone"])
-    if not any(a.path == "backbone" for a in client.list_artifacts(run_id)):
-        client.log_artifact(run_id, str(backbone), "backbone")
-    client.set_terminated(run_id, "FINISHED")
-    out = {
-        "run": run,
-        "run_id": run_id,
-        "backbone": str(backbone.resolve()),
-        "config": cfg.model_dump(mode="json"),
-        "metrics": result["metrics"],
-        "launch": record.as_dict(),
-    }
-    write_record(output, out)
-    return out
+def evaluate_job(fields: dict[str, Any]) -> dict[str, float]:
+    """Body of an evaluation job: one protocol on one backbone (`evals.job.EvalJob` fields)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from evals import run_protocol
+    from evals.job import EvalJob
 
-
-def evaluate(experiment: Experiment, evaluation: str, run: str, pretrain_record: str | Path, output: str | Path,
-             resources: Mapping[str, Any]) -> dict[str, Any]:
-    """Run one evaluation protocol on one pretraining run's backbone, as a nested MLflow run."""
-    spec_eval = experiment.evaluation(evaluation)
-    pre = read_record(pretrain_record)
-    out_dir = experiment.eval_dir(evaluation, run)
-    client, uri = tracking_client(experiment)
-    experiment_id = ensure_experiment(client, experiment.name)
-    tags = {
-        "mec.stage": "evaluate",
-        "mec.evaluation": evaluation,
-        "mec.protocol": spec_eval.protocol,
-        "mec.run": run,
-        PRETRAIN_RUN_TAG: pre["run_id"],
-        PARENT_RUN_TAG: pre["run_id"],
-    }
-    run_id = _owned_run(client, experiment_id, out_dir, f"{evaluation}/{run}", tags)
-    options = dict(spec_eval.options)
-    if spec_eval.fraction is not None and "split" not in options:
-        options["split"] = str(label_split(experiment, pre["config"], spec_eval.fraction).resolve())
-    job = EvalJob(
-        protocol=spec_eval.protocol,
-        backbone=pre["backbone"],
-        config=pre["config"],
-        output_dir=str(out_dir.resolve()),
-        feature_cache=str((experiment.output / "features").resolve()),
-        options=options,
-        run_id=run_id,
-        tracking_uri=uri,
-        experiment=experiment.name,
-    )
-    log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
-               | {"eval.protocol": spec_eval.protocol, "eval.backbone": pre["backbone"]})
-    spec = launch_spec(experiment, resources, out_dir / "submitit", f"{evaluation}-{run}")
-    metrics, record = launch(run_protocol, job, spec=spec, on_submit=_record_launch(client, run_id))
-    replay_journal(client, run_id, out_dir / "metrics.jsonl")
-    client.set_terminated(run_id, "FINISHED")
-    out = {
-        "evaluation": evaluation,
-        "protocol": spec_eval.protocol,
-        "run": run,
-        "run_id": run_id,
-        "pretrain_run_id": pre["run_id"],
-        "metrics": metrics,
-        "launch": record.as_dict(),
-    }
-    write_record(output, out)
-    return out
-
+    return run_protocol(EvalJob(**fields))
 
 
 def label_split(experiment: Experiment, config_tree: dict[str, Any], fraction: float, seed: int = 0) -> Path:
@@ -226,16 +210,12 @@ def label_split(experiment: Experiment, config_tree: dict[str, Any], fraction: f
     The file is named by the data identity, so runs on the same data (all methods, all seeds) read the same
     images; it is never rewritten once it exists.
     """
-    import hashlib
-
     from evals.splits import balanced_subset, split_lines_for, write_split
     from mec.config import build_config
-    from mec.data import build_eval_dataset
+    from mec.data import build_eval_dataset, data_identity
 
     data = build_config(config_tree).data
-    identity = json.dumps({"name": data.name, "root": str(Path(data.root).resolve()),
-                           "digits": data.digits_params() if data.name == "digits" else None}, sort_keys=True)
-    tag = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    tag = data_identity(data, length=10)
     path = experiment.output / "splits" / f"{data.name}-{tag}-{fraction:g}-seed{seed}.txt"
     if path.exists():
         return path
@@ -247,78 +227,11 @@ def label_split(experiment: Experiment, config_tree: dict[str, Any], fraction: f
     return write_split(path, split_lines_for(samples, root, indices))
 
 
-def tables(experiment: Experiment, output_md: str | Path) -> dict[str, Path]:
-    """The experiment's summary table (Markdown + CSV with run ids), read back from MLflow."""
-    from workflow.reports.paper_tables import write_tables
-    from workflow.reports.tables import experiment_runs, write_summary
+OPERATIONS = {f.__name__: f for f in (create_experiment, start_pretrain_run, start_evaluation_run, record_attempts,
+                                      finish_run, fail_run)}
 
-    out_dir = Path(output_md).parent
-    paths = write_summary(experiment.name, out_dir, experiment.tracking_uri)
-    paths |= write_tables(experiment_runs(experiment.name, experiment.tracking_uri), out_dir / "paper")
-    paths |= tsne_figures(experiment)
-    paths |= curve_figures(experiment)
-    log_figures(experiment)
-    log.info("tables and figures: %s", ", ".join(map(str, paths.values())))
-    return paths
-
-
-def curve_figures(experiment: Experiment) -> dict[str, Path]:
-    """Pretraining loss / coding-length curves and linear-probe accuracy by epoch, from MLflow."""
-    from workflow.reports.figures import probe_curves, training_curves
-    from workflow.reports.tables import experiment_runs
-
-    client, _ = tracking_client(experiment)
-    runs = experiment_runs(experiment.name, experiment.tracking_uri)
-    figures = experiment.output / "figures"
-    made = {
-        "figure:pretraining": training_curves(runs, client, figures / "pretraining_curves.png"),
-        "figure:linear_probe": probe_curves(runs, client, figures / "linear_probe_curves.png"),
-    }
-    return {name: path for name, path in made.items() if path is not None}
-
-
-def taylor_figure(experiment: Experiment, output_png: str | Path) -> Path:
-    """Paper Figure 6 measured on this machine: Taylor error and time against the exact log-determinant."""
-    import torch
-
-    from workflow.reports.figures import taylor_error_figure, taylor_error_table
-
-    table = taylor_error_table()
-    png = Path(output_png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(png.with_suffix(".csv"), index=False)
-    device = f"CPU, {torch.get_num_threads()} threads"
-    return taylor_error_figure(table, png, device=device)
-
-
-def tsne_figures(experiment: Experiment) -> dict[str, Path]:
-    """One multi-panel PNG per t-SNE evaluation (a panel per run, titled with its eps), also logged to MLflow."""
-    import numpy as np
-
-    from evals.tsne import plot_panels
-
-    figures: dict[str, Path] = {}
-    for evaluation in experiment.evaluations.values():
-        if evaluation.protocol != "tsne":
-            continue
-        panels = []
-        for run in evaluation.runs:
-            embedding = np.load(experiment.eval_dir(evaluation.name, run) / "embedding.npz")
-            eps = read_record(experiment.pretrain_record(run))["config"]["loss"]["eps"]
-            panels.append((f"{run} (eps = {eps:g})", embedding["points"], embedding["labels"]))
-        figures[f"figure:{evaluation.name}"] = plot_panels(panels, experiment.output / "figures" / f"{evaluation.name}.png")
-    return figures
-
-
-def log_figures(experiment: Experiment) -> None:
-    """Every PNG of the experiment's figure folder (t-SNE, curves, Figure 6) as artifacts of its "figures" run."""
-    folder = experiment.output / "figures"
-    pngs = sorted(folder.glob("*.png"))
-    if not pngs:
-        return
-    client, _ = tracking_client(experiment)
-    experiment_id = ensure_experiment(client, experiment.name)
-    run_id = _owned_run(client, experiment_id, folder, "figures", {"mec.stage": "figures"})
-    for png in pngs:
-        client.log_artifact(run_id, str(png), "figures")
-    client.set_terminated(run_id, "FINISHED")
+if __name__ == "__main__":
+    # python -m workflow.stages OPERATION RESULT_FILE, keyword arguments as JSON on stdin (see workflow/stage.py).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    operation, result_file = sys.argv[1], Path(sys.argv[2])
+    result_file.write_text(json.dumps(OPERATIONS[operation](**json.loads(sys.stdin.read()))))

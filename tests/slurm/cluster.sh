@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster for the tests (Debian/Ubuntu, run as root, no systemd needed).
+# A private single-node SLURM cluster for the tests (Debian/Ubuntu, run as root, no systemd needed).
 #   cluster.sh install    apt packages slurmctld slurmd slurm-client munge (idempotent)
-#   cluster.sh start      write slurm.conf, start munged/slurmctld/slurmd, wait until the node is idle
+#   cluster.sh start      write $MEC_SLURM_DIR/slurm.conf, start private munged/slurmctld/slurmd, wait for the node
 #   cluster.sh stop       cancel jobs and stop the daemons this script started
 #   cluster.sh status
-# MEC_SLURM_DIR (default /tmp/mec-slurm) holds state, logs and pid files.
+# Everything lives in MEC_SLURM_DIR (default /tmp/mec-slurm): slurm.conf, munge key and socket, state, logs and
+# pid files. The daemons listen on ports MEC_SLURM_PORT and MEC_SLURM_PORT+1 (default 16817/16818, not SLURM's
+# 6817/6818), and /etc/slurm, /etc/munge and /run/munge are never touched, so a machine's own SLURM keeps
+# working. Every slurm command must see this cluster's configuration: `export SLURM_CONF=$MEC_SLURM_DIR/slurm.conf`.
 set -euo pipefail
 
 BASE=${MEC_SLURM_DIR:-/tmp/mec-slurm}
+PORT=${MEC_SLURM_PORT:-16817}
 NODE=$(hostname -s)
 CPUS=$(nproc)
 RUN=$BASE/run
 LOG=$BASE/log
+MUNGE=$BASE/munge
+export SLURM_CONF=$BASE/slurm.conf
 PACKAGES=(slurmctld slurmd slurm-client munge)
 
 say() { echo "[mec-slurm] $*" >&2; }
@@ -31,17 +37,19 @@ install() {
 }
 
 write_config() {
-  mkdir -p "$BASE"/{state,spool} "$LOG" "$RUN" /etc/slurm
-  cat > /etc/slurm/slurm.conf <<EOF
+  mkdir -p "$BASE"/{state,spool} "$LOG" "$RUN"
+  cat > "$SLURM_CONF" <<EOF
 # written by tests/slurm/cluster.sh: a one-node cluster for the MEC pipeline's tests
 ClusterName=mectest
 SlurmctldHost=${NODE}(127.0.0.1)
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# also how long a requeued job waits before it may start again (default 120 s)
-AuthInfo=cred_expire=10
+# the private munged; cred_expire is also how long a requeued job waits before it may start again (default 120 s)
+AuthInfo=socket=$MUNGE/munge.socket,cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -72,19 +80,17 @@ PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
+munge_ok() { munge -S "$MUNGE/munge.socket" -n 2>/dev/null | unmunge -S "$MUNGE/munge.socket" >/dev/null 2>&1; }
+
 start_munge() {
-  if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return 0; fi
-  if [[ ! -s /etc/munge/munge.key ]]; then
-    mkdir -p /etc/munge
-    mungekey --create --keyfile=/etc/munge/munge.key
-    chown munge:munge /etc/munge/munge.key
-    chmod 400 /etc/munge/munge.key
-  fi
-  mkdir -p /run/munge /var/lib/munge /var/log/munge
-  chown munge:munge /run/munge /var/lib/munge /var/log/munge
-  runuser -u munge -- /usr/sbin/munged
-  wait_for 50 bash -c 'munge -n | unmunge >/dev/null 2>&1'
-  cp /run/munge/munged.pid "$RUN/munged.pid"
+  if munge_ok; then return 0; fi
+  mkdir -p "$MUNGE"
+  chmod 700 "$MUNGE"
+  [[ -s $MUNGE/munge.key ]] || mungekey --create --keyfile="$MUNGE/munge.key"
+  chmod 400 "$MUNGE/munge.key"
+  /usr/sbin/munged --force --socket="$MUNGE/munge.socket" --key-file="$MUNGE/munge.key" \
+    --pid-file="$RUN/munged.pid" --log-file="$LOG/munged.log" --seed-file="$MUNGE/munged.seed"
+  wait_for 50 munge_ok
 }
 
 node_ready() {
@@ -102,8 +108,8 @@ start() {
   if alive "$RUN/slurmctld.pid" && alive "$RUN/slurmd.pid" && node_ready; then say "already running"; return 0; fi
   write_config
   start_munge
-  alive "$RUN/slurmctld.pid" || { /usr/sbin/slurmctld -i; wait_for 100 alive "$RUN/slurmctld.pid"; }
-  alive "$RUN/slurmd.pid" || { /usr/sbin/slurmd; wait_for 100 alive "$RUN/slurmd.pid"; }
+  alive "$RUN/slurmctld.pid" || { /usr/sbin/slurmctld -i -f "$SLURM_CONF"; wait_for 100 alive "$RUN/slurmctld.pid"; }
+  alive "$RUN/slurmd.pid" || { /usr/sbin/slurmd -f "$SLURM_CONF"; wait_for 100 alive "$RUN/slurmd.pid"; }
   wait_for 300 node_ready || { say "node $NODE did not become idle; logs in $LOG"; return 1; }
   say "node $NODE ready (partition debug, $CPUS CPUs)"
 }

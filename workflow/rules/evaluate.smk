@@ -2,9 +2,12 @@
 
 rule evaluate:
     input:
+        experiment=ancient(EXPERIMENT_RECORD),
         pretrain=f"{OUT}/pretrain/{{run}}/pretrain.json",
     output:
         f"{OUT}/eval/{{evaluation}}/{{run}}/result.json",
+    log:
+        f"{OUT}/logs/eval/{{evaluation}}/{{run}}.log",
     threads: job_threads(lambda wc: EXPERIMENT.evaluation(wc.evaluation))
     resources:
         nodes=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("nodes", 1),
@@ -12,6 +15,8 @@ rule evaluate:
         cpus_per_task=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("cpus_per_task", 2),
         mem_mb=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("mem_mb", 8000),
         runtime=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("runtime", 60),
-    run:
-        stages.evaluate(EXPERIMENT, wildcards.evaluation, wildcards.run, input.pretrain, output[0],
-                        dict(resources))
+    params:
+        resources=stage_resources,
+    shell:
+        "{STAGE} --log {log} evaluate --experiment {input.experiment} --evaluation {wildcards.evaluation}"
+        " --run {wildcards.run} --pretrain {input.pretrain} --resources {params.resources} --output {output}"

@@ -2,9 +2,11 @@
 
 rule pretrain:
     input:
-        rules.mlflow_experiment.output,
+        experiment=ancient(EXPERIMENT_RECORD),
     output:
         f"{OUT}/pretrain/{{run}}/pretrain.json",
+    log:
+        f"{OUT}/logs/pretrain/{{run}}.log",
     threads: job_threads(lambda wc: EXPERIMENT.run(wc.run))
     resources:
         nodes=lambda wc: EXPERIMENT.run(wc.run).resources.get("nodes", 1),
@@ -12,5 +14,8 @@ rule pretrain:
         cpus_per_task=lambda wc: EXPERIMENT.run(wc.run).resources.get("cpus_per_task", 2),
         mem_mb=lambda wc: EXPERIMENT.run(wc.run).resources.get("mem_mb", 8000),
         runtime=lambda wc: EXPERIMENT.run(wc.run).resources.get("runtime", 60),
-    run:
-        stages.pretrain(EXPERIMENT, wildcards.run, output[0], dict(resources))
+    params:
+        resources=stage_resources,
+    shell:
+        "{STAGE} --log {log} pretrain --experiment {input.experiment} --run {wildcards.run}"
+        " --resources {params.resources} --output {output}"

@@ -1,0 +1,315 @@
+"""The command a heavy Snakemake rule runs: ``python -m workflow.stage {experiment,pretrain,evaluate} ...``.
+
+Its process submits the stage's job (workflow.launch) and waits for it, so it stays light: it imports submitit
+and the experiment config, never torch or MLflow (a login node may hold dozens of them, one per rule in flight).
+The MLflow bookkeeping runs in short-lived child processes (``python -m workflow.stages OPERATION``).
+
+- Every launch is appended to ``launches.jsonl`` in the stage's folder (a submission, each SLURM restart seen,
+  a re-attachment, a cancellation) and recorded as ``launcher.*`` tags: ``launcher.job_ids``, ``launcher.attempts``.
+- A rerun whose previous SLURM job is still pending or running (the login session died) re-attaches to it
+  instead of submitting a second job on the same checkpoints and MLflow run.
+- Ctrl-C or SIGTERM cancels the job and ends the run KILLED; any failure ends it FAILED with the reason in
+  ``mec.failure`` and the job's log in ``mec.failure_log``. Either way the command exits non-zero with one line.
+- The job's id and log are printed when it starts, and its new log lines (the epochs) every few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from workflow.experiment import Experiment, build_experiment
+from workflow.launch import (
+    SLURM_ACTIVE_STATES,
+    Interrupted,
+    LaunchError,
+    LaunchRecord,
+    LaunchSpec,
+    attach,
+    follow,
+    inside_slurm_allocation,
+    interrupts_raise,
+    record_of,
+    resolve,
+    slurm_job_info,
+    submit,
+)
+
+log = logging.getLogger("mec.stage")
+LAUNCHES_FILE = "launches.jsonl"
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message is the one line the rule prints."""
+
+
+def bookkeeping(operation: str, **kwargs: Any) -> Any:
+    """Run ``workflow.stages.<operation>(**kwargs)`` in a child process, which imports MLflow and torch so that
+    this one does not; returns its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="mec-stage-") as tmp:
+        result = Path(tmp) / "result.json"
+        proc = subprocess.run([sys.executable, "-m", "workflow.stages", operation, str(result)],
+                              input=json.dumps(kwargs), capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+            log.debug("%s failed:\n%s", operation, proc.stderr)
+            raise StageError(f"MLflow bookkeeping ({operation}) failed: {lines[-1]}")
+        return json.loads(result.read_text())
+
+
+def bookkeeping_in_background(operation: str, **kwargs: Any) -> subprocess.Popen:
+    """Start ``workflow.stages.<operation>(**kwargs)`` without waiting (tags while the job runs; the final
+    bookkeeping records them again, so a lost one costs nothing)."""
+    proc = subprocess.Popen([sys.executable, "-m", "workflow.stages", operation, os.devnull], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    proc.stdin.write(json.dumps(kwargs))
+    proc.stdin.close()
+    return proc
+
+
+def write_json(path: Path, record: Mapping[str, Any]) -> None:
+    """Atomically (temp file + rename): a killed rule leaves no half record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class Launches:
+    """``launches.jsonl`` of a stage's folder: one line per launch event, oldest first."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LAUNCHES_FILE
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def append(self, event: str, record: LaunchRecord, **extra: Any) -> list[dict[str, Any]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": event, **record.as_dict(), **extra}
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        return self.read()
+
+    def active_slurm_job(self) -> str | None:
+        """The last submitted SLURM job, if SLURM still has it pending or running."""
+        jobs = [e["job_id"] for e in self.read() if e.get("cluster") == "slurm" and e.get("job_id")]
+        if jobs and slurm_job_info(jobs[-1]).get("JobState") in SLURM_ACTIVE_STATES:
+            return jobs[-1]
+        return None
+
+
+def run_job(target: str, args: tuple[Any, ...], *, spec: LaunchSpec, run_dir: Path, uri: str,
+            run_id: str) -> tuple[Any, LaunchRecord]:
+    """Run one stage's job as ``spec`` says and wait for it, recording every attempt; returns (result, record)."""
+    launches = Launches(run_dir)
+
+    def record_attempts(entries: list[dict[str, Any]]) -> None:
+        bookkeeping_in_background("record_attempts", tracking_uri=uri, run_id=run_id, launches=entries)
+
+    if spec.cluster == "inline" or (spec.cluster == "slurm" and inside_slurm_allocation()):
+        record = LaunchRecord(cluster="slurm-allocation" if spec.cluster == "slurm" else "inline",
+                              job_id=os.environ.get("SLURM_JOB_ID"), folder=None, stdout=None, stderr=None)
+        record_attempts(launches.append("inline", record))
+        return resolve(target)(*args), record
+    previous = launches.active_slurm_job() if spec.cluster == "slurm" else None
+    if previous is not None:
+        job = attach(spec, previous)
+        record = record_of(job, spec.cluster)
+        record_attempts(launches.append("attached", record))
+        log.info("re-attached to %s job %s, still %s; log %s", spec.cluster, record.job_id,
+                 slurm_job_info(previous).get("JobState", "?").lower(), record.stdout)
+    else:
+        job = submit(target, *args, spec=spec)
+        record = record_of(job, spec.cluster)
+        record_attempts(launches.append("submitted", record))
+        log.info("submitted %s job %s (%s); log %s", spec.cluster, record.job_id, spec.job_name, record.stdout)
+
+    def on_attempt(attempt: int) -> None:
+        log.info("%s job %s was requeued: attempt %d", spec.cluster, record.job_id, attempt)
+        record_attempts(launches.append("restarted", record, attempt=attempt))
+
+    try:
+        with interrupts_raise():
+            return follow(job, spec, on_attempt=on_attempt, echo=lambda line: log.info("| %s", line)), record
+    except (KeyboardInterrupt, Interrupted):
+        job.cancel(check=False)
+        launches.append("cancelled", record)
+        raise Interrupted(f"interrupted: cancelled {spec.cluster} job {record.job_id}; its checkpoints are kept; "
+                          f"log {record.stdout}", log=record.stderr) from None
+
+
+def tracked(uri: str, run_id: str, run_dir: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Do a stage's work; on any failure or interrupt, end its MLflow run FAILED or KILLED, then re-raise."""
+    try:
+        return work()
+    except BaseException as exc:
+        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        reason = one_line(exc) or ("interrupted" if interrupted else type(exc).__name__)
+        try:
+            bookkeeping("fail_run", tracking_uri=uri, run_id=run_id, journal=str(run_dir / "metrics.jsonl"),
+                        launches=Launches(run_dir).read(),
+                        status="KILLED" if interrupted else "FAILED", reason=str(exc) or reason,
+                        log_file=getattr(exc, "log", None))
+        except StageError as bookkeeping_error:
+            log.error("%s; the MLflow run %s may still say RUNNING", bookkeeping_error, run_id)
+        if interrupted:
+            raise Interrupted(reason, getattr(exc, "log", None)) from None
+        raise StageError(reason if isinstance(exc, LaunchError | StageError)
+                         else f"{type(exc).__name__}: {reason}") from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """A failure in one line: the message's first line and, for a job's traceback, its last (the exception)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and set(line.strip()) != {"-"}]
+    if len(lines) > 1:
+        last = next((line for line in reversed(lines) if not line.startswith(("You can check", "or at paths", "- "))),
+                    lines[-1])
+        return f"{lines[0]} {last}"
+    return lines[0] if lines else ""
+
+
+def load_experiment(experiment_file: str | Path) -> tuple[Experiment, str, dict[str, Any]]:
+    record = json.loads(Path(experiment_file).read_text())
+    return build_experiment(record["config"]), record["tracking_uri"], record
+
+
+def launch_spec(experiment: Experiment, resources: Mapping[str, Any], folder: Path, job_name: str) -> LaunchSpec:
+    return LaunchSpec.from_resources(resources, cluster=experiment.launcher, folder=folder, job_name=job_name)
+
+
+def pretrain(experiment_file: str | Path, run: str, output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
+    """Pretrain one run of the experiment through the launcher and write its record."""
+    experiment, uri, _ = load_experiment(experiment_file)
+    spec_run = experiment.run(run)
+    # The job logs to the store the experiment rule resolved, wherever it starts.
+    cfg = experiment.config_for(run, **{"tracking.tracking_uri": uri}).model_dump(mode="json")
+    run_dir = experiment.pretrain_dir(run)
+    tags = {"mec.stage": "pretrain", "mec.run": run, "mec.group": spec_run.group}
+    backbone_source = getattr(spec_run, "backbone", None)
+    if backbone_source:
+        tags["mec.baseline"] = "imported"
+    elif spec_run.random_init:
+        tags["mec.baseline"] = "random_init"
+    run_id = bookkeeping("start_pretrain_run", tracking_uri=uri, experiment=experiment.name, run=run,
+                         run_dir=str(run_dir), tags=tags, config=cfg)
+    record: LaunchRecord | None = None
+
+    def work() -> dict[str, Any]:
+        nonlocal record
+        if backbone_source:  # an existing backbone file stands in for pretraining: no job
+            target, args, spec = "workflow.imported:import_backbone_job", (cfg, run_id, backbone_source), None
+        elif spec_run.random_init:  # a baseline costs a second: no job, the rule exports it
+            target, args, spec = "workflow.stages:random_init_job", (cfg, run_id), None
+        else:
+            target, args = "workflow.stages:pretrain_job", (cfg, run_id)
+            spec = launch_spec(experiment, resources, run_dir / "submitit", f"pretrain-{run}")
+        result, record = run_job(target, args, spec=spec or LaunchSpec(cluster="inline"), run_dir=run_dir,
+                                 uri=uri, run_id=run_id)
+        bookkeeping("finish_run", tracking_uri=uri, run_id=run_id, journal=str(run_dir / "metrics.jsonl"),
+                    launches=Launches(run_dir).read(), artifacts={result["backbone"]: "backbone"})
+        return result
+
+    result = tracked(uri, run_id, run_dir, work)
+    out = {"run": run, "run_id": run_id, "backbone": str(Path(result["backbone"]).resolve()), "config": cfg,
+           "metrics": result["metrics"], "launch": record.as_dict(), "launches": Launches(run_dir).read()}
+    write_json(Path(output), out)
+    return out
+
+
+def evaluate(experiment_file: str | Path, evaluation: str, run: str, pretrain_record: str | Path,
+             output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one evaluation protocol on one pretraining run's backbone, as a nested MLflow run."""
+    experiment, uri, _ = load_experiment(experiment_file)
+    spec_eval = experiment.evaluation(evaluation)
+    pre = json.loads(Path(pretrain_record).read_text())
+    out_dir = experiment.eval_dir(evaluation, run)
+    started = bookkeeping("start_evaluation_run", experiment_file=str(experiment_file), evaluation=evaluation,
+                          run=run, pretrain_record=str(pretrain_record))
+    run_id = started["run_id"]
+    fields = {"protocol": spec_eval.protocol, "backbone": pre["backbone"], "config": pre["config"],
+              "output_dir": str(out_dir.resolve()), "feature_cache": str((experiment.output / "features").resolve()),
+              "options": started["options"], "run_id": run_id, "tracking_uri": uri, "experiment": experiment.name}
+    record: LaunchRecord | None = None
+
+    def work() -> dict[str, Any]:
+        nonlocal record
+        spec = launch_spec(experiment, resources, out_dir / "submitit", f"{evaluation}-{run}")
+        metrics, record = run_job("workflow.stages:evaluate_job", (fields,), spec=spec, run_dir=out_dir, uri=uri,
+                                  run_id=run_id)
+        bookkeeping("finish_run", tracking_uri=uri, run_id=run_id, journal=str(out_dir / "metrics.jsonl"),
+                    launches=Launches(out_dir).read())
+        return metrics
+
+    metrics = tracked(uri, run_id, out_dir, work)
+    out = {"evaluation": evaluation, "protocol": spec_eval.protocol, "run": run, "run_id": run_id,
+           "pretrain_run_id": pre["run_id"], "metrics": metrics, "launch": record.as_dict(),
+           "launches": Launches(out_dir).read()}
+    write_json(Path(output), out)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workflow.stage", description=__doc__.split("\n")[0])
+    parser.add_argument("--log", help="also write this command's lines to this file (the rule's log)")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    exp = sub.add_parser("experiment", help="create the MLflow experiment; record it with the experiment config")
+    exp.add_argument("--config", required=True, help="the experiment config as JSON")
+    exp.add_argument("--output", required=True)
+    pre = sub.add_parser("pretrain", help="pretrain one run")
+    ev = sub.add_parser("evaluate", help="evaluate one run's backbone with one evaluation")
+    ev.add_argument("--evaluation", required=True)
+    ev.add_argument("--pretrain", required=True, help="the pretraining run's record")
+    for stage in (pre, ev):
+        stage.add_argument("--experiment", required=True, help="the experiment record (mlflow_experiment.json)")
+        stage.add_argument("--run", required=True)
+        stage.add_argument("--resources", default="{}", help="the rule's resources as JSON")
+        stage.add_argument("--output", required=True)
+    return parser
+
+
+def _setup_logging(log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="a"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log)
+    name = f"{args.stage} {getattr(args, 'evaluation', '') or ''} {getattr(args, 'run', '') or ''}".split()
+    try:
+        if args.stage == "experiment":
+            record = bookkeeping("create_experiment", tree=json.loads(args.config), output=args.output)
+            log.info("MLflow experiment %s (id %s) in %s", record["experiment"], record["experiment_id"],
+                     record["tracking_uri"])
+        elif args.stage == "pretrain":
+            pretrain(args.experiment, args.run, args.output, json.loads(args.resources))
+        else:
+            evaluate(args.experiment, args.evaluation, args.run, args.pretrain, args.output,
+                     json.loads(args.resources))
+    except (KeyboardInterrupt, Interrupted) as exc:
+        log.error("%s: %s", " ".join(name), str(exc) or "interrupted")
+        return 130
+    except (StageError, LaunchError) as exc:
+        log.error("%s failed: %s", " ".join(name), exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

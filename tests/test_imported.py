@@ -150,3 +150,18 @@ def test_mec_evaluate_probes_a_released_style_checkpoint_through_the_dag(tmp_pat
     assert pretrain.data.tags[SHA256_TAG] == file_sha256(source)
     assert pretrain.data.tags["mec.stage"] == "pretrain" and pretrain.info.status == "FINISHED"
     assert "| kNN top-1 (k=5) |" in (results / "tables" / "summary.md").read_text()
+
+    # Another file into the same experiment would be skipped as done: refused in one line instead.
+    other, _ = _exported(tmp_path / "other.pt")
+    again = _mec("evaluate", "--backbone", str(other), "--config", str(config), "--protocol", "knn",
+                 "--experiment", "released", "--tracking-uri", uri, cwd=tmp_path)
+    assert again.returncode == 2 and f"mec: error: {results} holds the evaluation of" in again.stderr
+
+
+def test_options_go_to_every_protocol_or_to_the_one_they_name():
+    from workflow.evaluate import parse_options
+
+    assert parse_options(["knn.k=[5]", "seed=1"], ["knn", "linear_probe"]) == {
+        "knn": {"k": [5], "seed": 1}, "linear_probe": {"seed": 1}}
+    with pytest.raises(ConfigError, match="protocol 'tsne' is not among --protocol"):
+        parse_options(["tsne.max_points=3"], ["knn"])

@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 
 from evals import PROTOCOLS
-from mec.config import ConfigError, load_config
+from mec.config import ConfigError, load_config, parse_override
 from workflow.experiment import build_experiment
+from workflow.imported import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,18 +28,14 @@ def parse_options(options: list[str], protocols: list[str]) -> dict[str, dict[st
     """``key=value`` for every protocol, ``protocol.key=value`` for one; values are YAML."""
     parsed: dict[str, dict[str, Any]] = {protocol: {} for protocol in protocols}
     for option in options:
-        key, sep, text = option.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option {option!r}: expected key=value or protocol.key=value")
-        value = yaml.safe_load(text)
-        protocol, dot, name = key.partition(".")
-        if dot and protocol in PROTOCOLS:
-            if protocol not in parsed:
-                raise ConfigError(f"--option {option!r}: protocol {protocol!r} is not among --protocol {protocols}")
-            parsed[protocol][name] = value
+        path, value = parse_override(option)
+        if len(path) > 1 and path[0] in PROTOCOLS:
+            if path[0] not in parsed:
+                raise ConfigError(f"--option {option!r}: protocol {path[0]!r} is not among --protocol {protocols}")
+            parsed[path[0]][".".join(path[1:])] = value
         else:
             for chosen in parsed.values():
-                chosen[key] = value
+                chosen[".".join(path)] = value
     return parsed
 
 
@@ -70,14 +67,18 @@ def evaluate_backbone(backbone: Path, config: str, protocols: list[str], options
         raise ConfigError(f"--protocol {', '.join(unknown)}: unknown; protocols: {sorted(PROTOCOLS)}")
     protocols = list(dict.fromkeys(protocols))
     cfg = load_config(config, overrides)  # a bad config name or key stops here, in one line
-    name = experiment or f"evaluate-{backbone.stem}"
+    # The file's hash in the default name: another file of the same name is another experiment, never a
+    # finished one whose records would make Snakemake skip the new file.
+    name = experiment or f"evaluate-{backbone.stem}-{file_sha256(backbone)[:8]}"
     out = Path(output or Path("results") / name).resolve()
     config_ref = config if not Path(config).is_file() else str(Path(config).resolve())
     tree = experiment_config(backbone.resolve(), config_ref, protocols, parse_options(options, protocols),
-                             {k: v for k, v in _pairs(overrides)}, name, out, tracking_uri, launcher)
+                             {".".join(path): value for path, value in map(parse_override, overrides)}, name, out,
+                             tracking_uri, launcher)
     exp = build_experiment(tree)
-    out.mkdir(parents=True, exist_ok=True)
     config_file = out / "experiment.yaml"
+    _check_same_backbone(config_file, tree)
+    out.mkdir(parents=True, exist_ok=True)
     config_file.write_text(yaml.safe_dump(tree, sort_keys=False))
     print(f"mec evaluate: {backbone} as {cfg.model.arch} ({cfg.name}), protocols {', '.join(protocols)}; "
           f"experiment config {config_file}", flush=True)
@@ -91,12 +92,14 @@ def evaluate_backbone(backbone: Path, config: str, protocols: list[str], options
     return 0
 
 
-def _pairs(overrides: list[str]) -> list[tuple[str, Any]]:
-    pairs = []
-    for override in overrides:
-        key, _, text = override.partition("=")
-        pairs.append((key, yaml.safe_load(text)))
-    return pairs
+def _check_same_backbone(config_file: Path, tree: dict[str, Any]) -> None:
+    """An output folder evaluated one backbone and config: its finished records must not stand for another."""
+    if not config_file.exists():
+        return
+    before = yaml.safe_load(config_file.read_text()).get("pretrain")
+    if before != tree["pretrain"]:
+        raise ConfigError(f"{config_file.parent} holds the evaluation of {before}; for {tree['pretrain']} choose "
+                          "another --experiment or --output")
 
 
 def _print_results(exp: Any, tracking_uri: str | None) -> None:

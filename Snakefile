@@ -36,4 +36,4 @@ rule all:
 
 
 onsuccess:
-    print_where_results_are()
+    print(where_results_are(EXPERIMENT, EXPERIMENT_RECORD))

@@ -124,9 +124,10 @@ def test_submitit_pretraining_job_runs_on_slurm_and_is_recorded(slurm_cluster, t
 
 def test_a_requeued_job_with_loader_workers_resumes_into_the_same_run(slurm_cluster, tmp_path):
     # Loader workers, as ImageNet runs have: SLURM's SIGTERM reaches them too, and they must leave it to the
-    # main process. 16 steps per epoch, 40 epochs: the job is still running when SLURM's SIGTERM (which
-    # submitit ignores) is followed by SIGKILL 5 s later (KillWait); the requeued attempt starts 10 s later.
-    tree = _experiment(tmp_path, epochs=40, per_class=64, num_workers=1)
+    # main process. 16 steps per epoch, 12 epochs, preempted after the second: SLURM's SIGTERM (which submitit
+    # ignores) is followed by SIGKILL 5 s later (KillWait); the requeued attempt starts 10 s later. Should the
+    # first attempt finish within those 5 s, its result is stale and the launcher must wait for the second.
+    tree = _experiment(tmp_path, epochs=12, per_class=64, num_workers=1)
     experiment = _experiment_record(tmp_path, tree)
     run_dir = tmp_path / "results" / "pretrain" / "a_s0"
     seen: dict = {}
@@ -158,7 +159,7 @@ def test_a_requeued_job_with_loader_workers_resumes_into_the_same_run(slurm_clus
     assert run.info.status == "FINISHED"
     assert (run.data.tags["launcher.job_ids"], run.data.tags["launcher.attempts"]) == (job_id, "2")
     steps = sorted(m.step for m in client.get_metric_history(record["run_id"], "train/loss"))
-    assert steps == list(range(1, 40 * 16 + 1))  # nothing lost, nothing twice
+    assert steps == list(range(1, 12 * 16 + 1))  # nothing lost, nothing twice
     assert len(client.search_runs([client.get_experiment_by_name("slurm-test").experiment_id])) == 1
 
 
@@ -262,3 +263,30 @@ def test_a_two_task_job_trains_with_ddp_set_up_from_slurms_environment(slurm_clu
     assert run.info.status == "FINISHED"
     # the global batch (8) is split over the two ranks: still 4 steps per epoch, each logged once by rank 0
     assert sorted(m.step for m in client.get_metric_history(record["run_id"], "train/loss")) == list(range(1, 9))
+
+
+def test_a_rerun_reattaches_to_the_job_its_killed_rule_left_running(slurm_cluster, tmp_path):
+    # The login session dies (the rule's process is killed outright) while its job runs on: the rerun follows
+    # that job instead of submitting a second one on the same checkpoints and MLflow run.
+    tree = _experiment(tmp_path, epochs=20)
+    experiment = _experiment_record(tmp_path, tree)
+    command = [sys.executable, "-m", "workflow.stage", "pretrain", "--experiment", str(experiment), "--run", "a_s0",
+               "--resources", json.dumps(RESOURCES), "--output", str(tmp_path / "pretrain.json")]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
+    try:
+        deadline = time.monotonic() + 300
+        while not any(state == "RUNNING" for _, _, state in _jobs_named("pretrain-a_s0")):
+            assert time.monotonic() < deadline and first.poll() is None, "the pretraining job never ran"
+            time.sleep(1)
+    finally:
+        first.kill()
+        first.wait()
+    record = stage.pretrain(experiment, "a_s0", tmp_path / "pretrain.json", RESOURCES)
+    events = [(e["event"], e["job_id"]) for e in record["launches"]]
+    (job_id,) = {job for _, job in events}
+    assert events == [("submitted", job_id), ("attached", job_id)]
+    assert [job for job, _, _ in _jobs_named("pretrain-a_s0")] == [job_id]
+    client = MlflowClient(tree["tracking_uri"])
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["launcher.attempts"] == "1"
+    assert sorted(m.step for m in client.get_metric_history(record["run_id"], "train/loss")) == list(range(1, 81))

@@ -1,6 +1,8 @@
 """Start heavy work (pretraining, evaluations) through submitit: in this process, a local subprocess, or SLURM.
 
-One entry point, `launch(fn, *args, spec=...)`, used by every heavy Snakemake rule:
+`submit` starts a job, `attach` finds a SLURM job submitted earlier, `follow` waits for one; `launch` does all
+three in one call. The heavy rules use them through `workflow.stage`, whose waiting process imports only this
+module's light dependencies (submitit): a job's function may be named ``"module:function"``, imported in the job.
 
 - ``cluster="inline"``: call ``fn`` in this process (tests, debugging);
 - ``cluster="debug"`` / ``"local"``: submitit's in-process / local-subprocess executors. They are named
@@ -11,10 +13,10 @@ One entry point, `launch(fn, *args, spec=...)`, used by every heavy Snakemake ru
 When this process already runs inside a SLURM allocation (Snakemake's own ``executor: slurm`` placed the rule
 in a job), ``cluster="slurm"`` runs ``fn`` here instead of submitting a job from inside a job.
 
-Jobs are `submitit.helpers.Checkpointable`: on preemption or at the time limit submitit requeues the same call,
-and the work resumes from its own newest checkpoint (the training loops resume by themselves). The job id,
-its stdout/stderr files and the submitit folder come back as a `LaunchRecord`, first through ``on_submit``
-(so a rule can record them while the job runs) and then with the result.
+Jobs are `submitit.helpers.Checkpointable`: on preemption or at the time limit submitit requeues the same call
+(SLURM restarts it under the same id), and the work resumes from its own newest checkpoint. `follow` follows a
+requeued job to its last attempt (`scontrol show job`: its restarts and the running attempt's start; a result
+file older than that is stale), and sees a job killed outside Python end without sacct.
 """
 
 from __future__ import annotations

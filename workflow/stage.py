@@ -180,18 +180,22 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def load_experiment(experiment_file: str | Path) -> tuple[Experiment, str, dict[str, Any]]:
+def load_experiment(experiment_file: str | Path, tree: Mapping[str, Any] | None) -> tuple[Experiment, str, dict]:
+    """The experiment (``tree``: its config as the Snakefile has it; None: the one the record was made with)
+    and the MLflow store of the experiment record."""
     record = json.loads(Path(experiment_file).read_text())
-    return build_experiment(record["config"]), record["tracking_uri"], record
+    tree = dict(tree if tree is not None else record["config"])
+    return build_experiment(tree), record["tracking_uri"], tree
 
 
 def launch_spec(experiment: Experiment, resources: Mapping[str, Any], folder: Path, job_name: str) -> LaunchSpec:
     return LaunchSpec.from_resources(resources, cluster=experiment.launcher, folder=folder, job_name=job_name)
 
 
-def pretrain(experiment_file: str | Path, run: str, output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
+def pretrain(experiment_file: str | Path, run: str, output: str | Path, resources: Mapping[str, Any],
+             tree: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Pretrain one run of the experiment through the launcher and write its record."""
-    experiment, uri, _ = load_experiment(experiment_file)
+    experiment, uri, _ = load_experiment(experiment_file, tree)
     spec_run = experiment.run(run)
     # The job logs to the store the experiment rule resolved, wherever it starts.
     cfg = experiment.config_for(run, **{"tracking.tracking_uri": uri}).model_dump(mode="json")
@@ -229,14 +233,14 @@ def pretrain(experiment_file: str | Path, run: str, output: str | Path, resource
 
 
 def evaluate(experiment_file: str | Path, evaluation: str, run: str, pretrain_record: str | Path,
-             output: str | Path, resources: Mapping[str, Any]) -> dict[str, Any]:
+             output: str | Path, resources: Mapping[str, Any], tree: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one evaluation protocol on one pretraining run's backbone, as a nested MLflow run."""
-    experiment, uri, _ = load_experiment(experiment_file)
+    experiment, uri, tree = load_experiment(experiment_file, tree)
     spec_eval = experiment.evaluation(evaluation)
     pre = json.loads(Path(pretrain_record).read_text())
     out_dir = experiment.eval_dir(evaluation, run)
-    started = bookkeeping("start_evaluation_run", experiment_file=str(experiment_file), evaluation=evaluation,
-                          run=run, pretrain_record=str(pretrain_record))
+    started = bookkeeping("start_evaluation_run", tree=tree, tracking_uri=uri, evaluation=evaluation, run=run,
+                          pretrain_record=str(pretrain_record))
     run_id = started["run_id"]
     fields = {"protocol": spec_eval.protocol, "backbone": pre["backbone"], "config": pre["config"],
               "output_dir": str(out_dir.resolve()), "feature_cache": str((experiment.output / "features").resolve()),
@@ -273,6 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--pretrain", required=True, help="the pretraining run's record")
     for stage in (pre, ev):
         stage.add_argument("--experiment", required=True, help="the experiment record (mlflow_experiment.json)")
+        stage.add_argument("--config", help="the experiment config as JSON (default: the record's)")
         stage.add_argument("--run", required=True)
         stage.add_argument("--resources", default="{}", help="the rule's resources as JSON")
         stage.add_argument("--output", required=True)
@@ -293,21 +298,32 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.log)
     name = f"{args.stage} {getattr(args, 'evaluation', '') or ''} {getattr(args, 'run', '') or ''}".split()
     try:
-        if args.stage == "experiment":
-            record = bookkeeping("create_experiment", tree=json.loads(args.config), output=args.output)
-            log.info("MLflow experiment %s (id %s) in %s", record["experiment"], record["experiment_id"],
-                     record["tracking_uri"])
-        elif args.stage == "pretrain":
-            pretrain(args.experiment, args.run, args.output, json.loads(args.resources))
-        else:
-            evaluate(args.experiment, args.evaluation, args.run, args.pretrain, args.output,
-                     json.loads(args.resources))
+        with interrupts_raise():  # SIGTERM (Snakemake or the login session killed) like Ctrl-C
+            return _run(args)
     except (KeyboardInterrupt, Interrupted) as exc:
         log.error("%s: %s", " ".join(name), str(exc) or "interrupted")
         return 130
     except (StageError, LaunchError) as exc:
         log.error("%s failed: %s", " ".join(name), exc)
         return 1
+    except Exception as exc:  # a bad config or record: one line naming it, the traceback only in debug logs
+        log.debug("traceback", exc_info=True)
+        log.error("%s failed: %s: %s", " ".join(name), type(exc).__name__, exc)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.stage == "experiment":
+        record = bookkeeping("create_experiment", tree=json.loads(args.config), output=args.output)
+        log.info("MLflow experiment %s (id %s) in %s", record["experiment"], record["experiment_id"],
+                 record["tracking_uri"])
+        return 0
+    tree = json.loads(args.config) if args.config else None
+    if args.stage == "pretrain":
+        pretrain(args.experiment, args.run, args.output, json.loads(args.resources), tree)
+    else:
+        evaluate(args.experiment, args.evaluation, args.run, args.pretrain, args.output, json.loads(args.resources),
+                 tree)
     return 0
 
 

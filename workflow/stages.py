@@ -59,8 +59,8 @@ def tracking_client(experiment: Experiment) -> tuple[MlflowClient, str]:
 def create_experiment(tree: Mapping[str, Any], output: str | Path) -> dict[str, Any]:
     """Create the MLflow experiment once, before any parallel job could race to create it.
 
-    The record also keeps the experiment config (``config``) and the resolved store: the stage commands read
-    both from it, so the jobs of one DAG log to one store whatever their environment.
+    The record keeps the resolved store: the stage commands read it, so the jobs of one DAG log to one store
+    whatever their environment (and the experiment config it was created with, for a reader).
     """
     experiment = build_experiment(tree)
     client, uri = tracking_client(experiment)
@@ -106,13 +106,13 @@ def start_pretrain_run(tracking_uri: str, experiment: str, run: str, run_dir: st
     return run_id
 
 
-def start_evaluation_run(experiment_file: str, evaluation: str, run: str, pretrain_record: str) -> dict[str, Any]:
+def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: str, run: str,
+                         pretrain_record: str) -> dict[str, Any]:
     """Create or resume an evaluation's run, nested under its pretraining run; its options, label split included."""
-    record = read_record(experiment_file)
-    experiment = build_experiment(record["config"])
+    experiment = build_experiment(tree)
     spec = experiment.evaluation(evaluation)
     pre = read_record(pretrain_record)
-    client = MlflowClient(record["tracking_uri"])
+    client = MlflowClient(tracking_uri)
     tags = {"mec.stage": "evaluate", "mec.evaluation": evaluation, "mec.protocol": spec.protocol, "mec.run": run,
             PRETRAIN_RUN_TAG: pre["run_id"], PARENT_RUN_TAG: pre["run_id"]}
     run_id = _owned_run(client, ensure_experiment(client, experiment.name), experiment.eval_dir(evaluation, run),

@@ -2,13 +2,13 @@
 
 rule evaluate:
     input:
-        experiment=ancient(EXPERIMENT_RECORD),
+        experiment=EXPERIMENT_RECORD,
         pretrain=f"{OUT}/pretrain/{{run}}/pretrain.json",
     output:
         f"{OUT}/eval/{{evaluation}}/{{run}}/result.json",
     log:
         f"{OUT}/logs/eval/{{evaluation}}/{{run}}.log",
-    threads: job_threads(lambda wc: EXPERIMENT.evaluation(wc.evaluation))
+    threads: job_threads(EXPERIMENT, lambda wc: EXPERIMENT.evaluation(wc.evaluation))
     resources:
         nodes=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("nodes", 1),
         gpus_per_node=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("gpus_per_node", 0),
@@ -17,6 +17,9 @@ rule evaluate:
         runtime=lambda wc: EXPERIMENT.evaluation(wc.evaluation).resources.get("runtime", 60),
     params:
         resources=stage_resources,
+        stage=STAGE_COMMAND,
+        config=EXPERIMENT_CONFIG,
     shell:
-        "{STAGE} --log {log} evaluate --experiment {input.experiment} --evaluation {wildcards.evaluation}"
-        " --run {wildcards.run} --pretrain {input.pretrain} --resources {params.resources} --output {output}"
+        "{params.stage} --log {log} evaluate --experiment {input.experiment} --config {params.config}"
+        " --evaluation {wildcards.evaluation} --run {wildcards.run} --pretrain {input.pretrain}"
+        " --resources {params.resources} --output {output}"

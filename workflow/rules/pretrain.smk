@@ -2,12 +2,12 @@
 
 rule pretrain:
     input:
-        experiment=ancient(EXPERIMENT_RECORD),
+        experiment=EXPERIMENT_RECORD,
     output:
         f"{OUT}/pretrain/{{run}}/pretrain.json",
     log:
         f"{OUT}/logs/pretrain/{{run}}.log",
-    threads: job_threads(lambda wc: EXPERIMENT.run(wc.run))
+    threads: job_threads(EXPERIMENT, lambda wc: EXPERIMENT.run(wc.run))
     resources:
         nodes=lambda wc: EXPERIMENT.run(wc.run).resources.get("nodes", 1),
         gpus_per_node=lambda wc: EXPERIMENT.run(wc.run).resources.get("gpus_per_node", 0),
@@ -16,6 +16,8 @@ rule pretrain:
         runtime=lambda wc: EXPERIMENT.run(wc.run).resources.get("runtime", 60),
     params:
         resources=stage_resources,
+        stage=STAGE_COMMAND,
+        config=EXPERIMENT_CONFIG,
     shell:
-        "{STAGE} --log {log} pretrain --experiment {input.experiment} --run {wildcards.run}"
-        " --resources {params.resources} --output {output}"
+        "{params.stage} --log {log} pretrain --experiment {input.experiment} --config {params.config}"
+        " --run {wildcards.run} --resources {params.resources} --output {output}"

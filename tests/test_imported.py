@@ -150,6 +150,10 @@ def test_mec_evaluate_probes_a_released_style_checkpoint_through_the_dag(tmp_pat
     assert pretrain.data.tags[SHA256_TAG] == file_sha256(source)
     assert pretrain.data.tags["mec.stage"] == "pretrain" and pretrain.info.status == "FINISHED"
     assert "| kNN top-1 (k=5) |" in (results / "tables" / "summary.md").read_text()
+    # The DAG's tables rule ran `mec tables`: its report run sits in the experiment with tables and figures.
+    (report,) = client.search_runs([evaluation.info.experiment_id], "tags.`mec.stage` = 'tables'")
+    logged = {a.path for folder in ("tables", "figures") for a in client.list_artifacts(report.info.run_id, folder)}
+    assert {"tables/summary.md", "figures/taylor_error.png", "figures/taylor_error.csv"} <= logged
 
     # Another file into the same experiment would be skipped as done: refused in one line instead.
     other, _ = _exported(tmp_path / "other.pt")

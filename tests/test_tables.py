@@ -339,3 +339,29 @@ def test_a_rerun_evaluation_replaces_the_older_run_instead_of_counting_as_a_seed
     values = summary_values(runs)
     top1 = values[values["key"] == "linear:linear/top1_best"]
     assert list(top1["value"]) == [0.70] and list(top1["run_id"]) == [newer]
+
+
+def test_tsne_panels_are_drawn_from_the_embeddings_in_the_store(tmp_path):
+    """One figure per t-SNE evaluation, a panel per run, from the runs' logged embeddings (any copy of the store)."""
+    import numpy as np
+    from PIL import Image
+
+    from mec.tracking import ensure_experiment
+    from workflow.reports.figures import tsne_panels
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = ensure_experiment(client, "study")
+    for run, eps in (("eps_study_eps0.12_s0", 0.12), ("eps_study_eps0.01_s0", 0.01)):
+        pre = _run(client, exp_id, "pretrain", {"loss.eps": eps}, {"mec.run": run})
+        ev = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "tsne", "mec.evaluation": "tsne", "mec.run": run},
+                  {"tsne/points": 30.0}, parent=pre)
+        folder = tmp_path / run
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        np.savez(folder / "embedding.npz", points=rng.normal(size=(30, 2)), labels=np.arange(30) % 3)
+        client.log_artifact(ev, str(folder / "embedding.npz"), "tsne")
+    figures = tsne_panels(experiment_runs("study", uri), client, tmp_path / "figures")
+    assert list(figures) == ["figure:tsne"] and figures["figure:tsne"] == tmp_path / "figures" / "tsne.png"
+    with Image.open(figures["figure:tsne"]) as image:
+        assert image.size == (2 * 5 * 120, 5 * 120)  # two panels side by side

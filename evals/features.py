@@ -1,24 +1,25 @@
 """Frozen features extracted once per (backbone file, data split) and reused by every protocol that needs them.
 
 kNN, t-SNE and transfer classification all read the same [N, D] features. The cache key hashes the backbone
-file's bytes and the data identity (data set, root, split, transform), so a retrained backbone or a changed
-data set never reuses stale features. Files are written atomically and read with ``weights_only=True``.
+file's bytes and the data identity (`mec.data.data_identity`: data set, root, split, transform), so a
+retrained backbone or a changed data set never reuses stale features. Files are written atomically and read
+with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from evals.job import load_frozen_backbone, select_device
+from evals.job import load_frozen_backbone
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform
 from mec.config import Config
-from mec.data import build_eval_dataset, build_loader
+from mec.data import build_eval_dataset, build_loader, data_identity
 from mec.monitor import Features, extract_features
+from mec.run import select_device
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,8 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
 
 def feature_key(backbone: Path, cfg: Config, split: str) -> str:
     data = cfg.data
-    identity = {
-        "backbone_sha256": file_digest(backbone),
-        "data": data.name,
-        "root": str(Path(data.root).resolve()),
-        "split": split,
-        "transform": [data.augment, data.image_size],
-        "digits": data.digits_params() if data.name == "digits" else None,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    return data_identity(data, backbone_sha256=file_digest(backbone), split=split,
+                         transform=[data.augment, data.image_size])
 
 
 def load_or_extract(path: Path, extract: Callable[[], Features], what: str) -> tuple[Features, bool]:
@@ -66,6 +60,7 @@ def cached_features(backbone: Path, cfg: Config, split: str, cache_dir: Path) ->
         dataset = build_eval_dataset(
             cfg.data.name, cfg.data.root, eval_transform(cfg.data.augment, cfg.data.image_size), split,
             download=cfg.data.download, digits_params=cfg.data.digits_params(),
+            verify_checksums=cfg.data.verify_checksums,
         )
         loader = build_loader(dataset, 256, shuffle=False, drop_last=False, num_workers=cfg.data.num_workers,
                               seed=0, distributed=False)

@@ -2,21 +2,23 @@
 
 A workflow rule creates the evaluation's MLflow run (nested under the pretraining run it evaluates), then
 launches the protocol with an `EvalJob`; the protocol logs into that run through its journal, so metrics
-survive a tracking server that is away, and returns its final metrics.
+survive a tracking server that is away, and returns its final metrics. `logged` wraps that run so that a
+failed protocol ends it FAILED (`mec.run.logged_run`).
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from mec import checkpoint as ckpt
 from mec.config import Config, build_config
 from mec.models import build_backbone
+from mec.run import logged_run
 from mec.tracking import RunLogger
 
 
@@ -41,6 +43,12 @@ class EvalJob:
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)
 
+    def data_options(self) -> dict[str, Any]:
+        """Keyword arguments of `mec.data.build_eval_dataset` for the pretraining run's data set."""
+        data = self.cfg.data
+        return {"download": data.download, "digits_params": data.digits_params(),
+                "verify_checksums": data.verify_checksums}
+
     def open_logger(self) -> RunLogger:
         return RunLogger.open(
             experiment=self.experiment,
@@ -50,9 +58,9 @@ class EvalJob:
             tracking_uri=self.tracking_uri,
         )
 
-
-def select_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    def logged(self) -> AbstractContextManager[RunLogger]:
+        """``with job.logged() as logger:`` the evaluation's run, closed FINISHED, or FAILED on any error."""
+        return logged_run(self.open_logger)
 
 
 def load_frozen_backbone(path: str | Path, cfg: Config) -> tuple[nn.Module, dict[str, Any]]:

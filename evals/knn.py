@@ -22,11 +22,9 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     temperature = float(job.option("temperature", DEFAULT_TEMPERATURE))
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or temperature <= 0:
         raise ValueError(f"knn options: k must be positive ints and temperature > 0, got k={ks}, T={temperature}")
-    cfg = job.cfg
-    train, val, reused = train_val_features(Path(job.backbone), cfg, Path(job.feature_cache))
-    metrics = {f"knn/top1_k{k}": knn_accuracy(train, val, k, temperature) for k in ks}
-    metrics["knn/features_reused"] = float(reused)
-    logger = job.open_logger()
-    logger.log_metrics(metrics, step=0)
-    logger.close()
+    with job.logged() as logger:  # FAILED if anything below fails
+        train, val, reused = train_val_features(Path(job.backbone), job.cfg, Path(job.feature_cache))
+        metrics = {f"knn/top1_k{k}": knn_accuracy(train, val, k, temperature) for k in ks}
+        metrics["knn/features_reused"] = float(reused)
+        logger.log_metrics(metrics, step=0)
     return metrics

@@ -2,8 +2,8 @@
 
 Two kinds of split file, one image per line:
 - SimCLR's ImageNet 1% / 10% lists (``n01440764_10026.JPEG``): the class is the name's prefix before ``_``, the
-  image is ``<root>/train/<class>/<name>``. Users bring their own copy; `verify_simclr_split` checks it against
-  the published SHA-256 (the lists themselves are not shipped).
+  image is ``<root>/train/<class>/<name>``. Users bring their own copy; `resolve_split` checks it against
+  the published SHA-256 (`verify_simclr_split`) (the lists themselves are not shipped).
 - Our own lists for CIFAR and ImageFolder data (``3/0836_01.png`` or a CIFAR index ``#1234``), written once by
   `write_balanced_split`: class-balanced, deterministic from the seed, so every run and every method sees the
   same images.
@@ -58,10 +58,16 @@ def split_lines_for(samples: Sequence[tuple[str, int]] | None, root: Path | None
 
 def resolve_split(path: Path, samples: Sequence[tuple[str, int]] | None, root: Path | None,
                   size: int | None = None) -> list[int]:
-    """Dataset indices named by a split file; a missing image is an error naming the file, line and image."""
+    """Dataset indices named by a split file; a missing image is an error naming the file, line and image.
+
+    A file named like one of SimCLR's lists (``1percent.txt``, ``10percent.txt``) must match its published
+    checksum (`verify_simclr_split`): every protocol that reads a split reads it through here.
+    """
     path = Path(path)
     if not path.exists():
         raise SplitError(f"split file {path} does not exist")
+    if path.name in SIMCLR_SHA256:
+        verify_simclr_split(path)
     by_name: dict[str, int] = {}
     by_basename: dict[str, int] = {}
     if samples is not None:

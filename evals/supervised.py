@@ -3,7 +3,9 @@
 One resumable loop: a backbone loaded strictly from the pretraining run, a classification head, SGD (optionally
 wrapped in LARS), cosine decay per epoch, an atomic checkpoint per epoch, top-1/top-5 on the validation split
 after every epoch, everything logged into the evaluation's MLflow run. Under DDP (torchrun or SLURM tasks)
-each rank trains on its share; validation runs on rank 0.
+each rank trains on its share; validation runs on rank 0. The process group, seeds, run logger (FAILED on any
+error) and resuming are pretraining's scaffold (`mec.run`): `setup_classifier` builds and resumes,
+`train_classifier_epoch` trains, `validate_and_checkpoint` scores, logs and saves.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from evals.job import EvalJob, load_frozen_backbone, select_device
+from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import resolve_split
 from mec import checkpoint as ckpt
-from mec import distributed as dist_env
 from mec.augment import eval_transform, probe_train_transform
 from mec.data import build_eval_dataset, build_loader
+from mec.run import JobProcess, job_process, logged_run, resume_latest
+from mec.tracking import RunLogger
 
 log = logging.getLogger(__name__)
 
@@ -117,109 +120,138 @@ def evaluate_top(model: nn.Module, loader: Any, device: torch.device, ks: tuple[
     return [c / seen for c in correct]
 
 
+@dataclass
+class ClassifierTraining:
+    """Everything the epoch loop of one supervised protocol reads and updates; built by `setup_classifier`."""
+
+    recipe: Recipe
+    prefix: str  # metric prefix: "linear" or "finetune"
+    proc: JobProcess
+    model: Classifier
+    train_model: nn.Module  # the model, wrapped in DistributedDataParallel when DDP trains it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    val_loader: DataLoader
+    ks: tuple[int, ...]
+    train_images: int
+    ckpt_dir: Path
+    backbone_check: str  # "<loaded>/<expected>" backbone keys
+    start_epoch: int = 0
+    best: float = 0.0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, len(self.loader))
+
+
 def train_classifier(job: EvalJob, recipe: Recipe, prefix: str) -> dict[str, float]:
     """Train and validate a classifier on the job's backbone; returns best/last top-1 and last top-5."""
-    distributed = dist_env.init_distributed()
-    rank, world = dist_env.rank(), dist_env.world_size()
-    if recipe.batch_size % world:
-        raise ValueError(f"{prefix}: batch_size {recipe.batch_size} must be divisible by the world size {world}")
-    device = select_device()
-    cfg = job.cfg
-    data = cfg.data
-    torch.manual_seed(cfg.train.seed + rank)
+    with job_process("auto", job.cfg.train.seed) as proc:
+        # The rule created the run: open it first, so that a failure anywhere below ends it FAILED.
+        with logged_run(job.open_logger if proc.main else None) as logger:
+            run = setup_classifier(job, recipe, prefix, proc)
+            if logger is not None:
+                logger.try_("log the backbone check", logger.set_tags,
+                            {f"{prefix}.backbone_keys_loaded": run.backbone_check})
+            top1 = top5 = math.nan
+            for epoch in range(run.start_epoch, recipe.epochs):
+                train_loss, lr = train_classifier_epoch(run, epoch)
+                if logger is not None:
+                    top1, top5 = validate_and_checkpoint(run, epoch, train_loss, lr, logger)
+                proc.barrier()
+            if proc.main and math.isnan(top1):  # resumed after the last epoch: report the saved model
+                top1, top5 = evaluate_top(run.model, run.val_loader, proc.device, run.ks)
+            metrics = {f"{prefix}/top1_best": run.best, f"{prefix}/top1_last": top1, f"{prefix}/top5_last": top5,
+                       f"{prefix}/train_images": float(run.train_images)}
+            if logger is not None:
+                logger.log_metrics(metrics, recipe.epochs * run.steps_per_epoch)
+            return metrics
 
+
+def classifier_datasets(job: EvalJob) -> tuple[Dataset, Dataset, int]:
+    """The training split (restricted to ``options.split`` when given), the validation split, the class count."""
+    data = job.cfg.data
     train_set = build_eval_dataset(data.name, data.root, probe_train_transform(data.augment, data.image_size),
-                                   "train", download=data.download, digits_params=data.digits_params())
+                                   "train", **job.data_options())
     val_set = build_eval_dataset(data.name, data.root, eval_transform(data.augment, data.image_size), "val",
-                                 download=data.download, digits_params=data.digits_params())
+                                 **job.data_options())
     num_classes = len(train_set.classes)
     split = job.option("split", None)
     if split is not None:
         samples = getattr(train_set, "samples", None)
         indices = resolve_split(Path(split), samples, Path(train_set.root) if samples else None, len(train_set))
         train_set = Subset(train_set, indices)
-    ks = (1, min(5, num_classes))
+    return train_set, val_set, num_classes
 
-    backbone, summary = load_frozen_backbone(job.backbone, cfg)
-    model = Classifier(backbone, LinearHead(backbone.feature_dim, num_classes, norm=not recipe.finetune),
-                       recipe.finetune).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer: torch.optim.Optimizer
+
+def _optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
     if recipe.lars:
-        optimizer = Lars(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                         trust_coeff=recipe.trust_coefficient, trust_clip=False, always_adapt=True)
-    else:
-        optimizer = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
+        return Lars(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                    trust_coeff=recipe.trust_coefficient, trust_clip=False, always_adapt=True)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
-    out_dir = Path(job.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    start_epoch, best = 0, 0.0
-    resumed = ckpt.find_resumable(ckpt_dir)
+
+def setup_classifier(job: EvalJob, recipe: Recipe, prefix: str, proc: JobProcess) -> ClassifierTraining:
+    """Data, backbone + head, optimiser and schedule, resumed from the newest checkpoint when there is one."""
+    local_batch = proc.local_batch(recipe.batch_size, f"{prefix} batch_size")
+    train_set, val_set, num_classes = classifier_datasets(job)
+    backbone, summary = load_frozen_backbone(job.backbone, job.cfg)
+    model = Classifier(backbone, LinearHead(backbone.feature_dim, num_classes, norm=not recipe.finetune),
+                       recipe.finetune).to(proc.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(recipe, params)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
+    workers, seed = job.cfg.data.num_workers, job.cfg.train.seed
+    run = ClassifierTraining(
+        recipe, prefix, proc, model,
+        DistributedDataParallel(model) if proc.distributed and params else model, optimizer, scheduler,
+        build_loader(train_set, local_batch, shuffle=True, drop_last=False, num_workers=workers, seed=seed,
+                     distributed=proc.distributed),
+        build_loader(val_set, 256, shuffle=False, drop_last=False, num_workers=workers, seed=0, distributed=False),
+        ks=(1, min(5, num_classes)), train_images=len(train_set), ckpt_dir=Path(job.output_dir) / "checkpoints",
+        backbone_check=f"{summary['loaded_keys']}/{summary['expected_keys']}",
+    )
+    resumed = resume_latest(run.ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
     if resumed is not None:
         path, state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        ckpt.restore_rng_state(state["rng"])
-        start_epoch, best = int(state["epoch"]), float(state["best_top1"])
-        log.info("%s: resuming from %s (epoch %d done)", prefix, path, start_epoch)
+        run.start_epoch, run.best = int(state["epoch"]), float(state["best_top1"])
+        log.info("%s: resuming from %s (epoch %d done)", prefix, path, run.start_epoch)
+    return run
 
-    train_model: nn.Module = DistributedDataParallel(model) if distributed and params else model
-    loader = build_loader(train_set, recipe.batch_size // world, shuffle=True, drop_last=False,
-                          num_workers=data.num_workers, seed=cfg.train.seed, distributed=distributed)
-    val_loader = build_loader(val_set, 256, shuffle=False, drop_last=False, num_workers=data.num_workers,
-                              seed=0, distributed=False)
-    logger = job.open_logger() if rank == 0 else None
-    if logger is not None:
-        logger.try_("log the backbone check", logger.set_tags,
-                    {f"{prefix}.backbone_keys_loaded": f"{summary['loaded_keys']}/{summary['expected_keys']}"})
-    steps_per_epoch = max(1, len(loader))
-    top1 = top5 = math.nan
-    try:
-        for epoch in range(start_epoch, recipe.epochs):
-            loader.sampler.set_epoch(epoch)
-            train_model.train()
-            total, count = 0.0, 0
-            for images, targets in loader:
-                logits = train_model(images.to(device))
-                loss = F.cross_entropy(logits, targets.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(targets)
-                count += len(targets)
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            if rank == 0:
-                top1, top5 = evaluate_top(model, val_loader, device, ks)
-                best = max(best, top1)
-                step = (epoch + 1) * steps_per_epoch
-                logger.log_metrics({f"{prefix}/train_loss": total / max(count, 1), f"{prefix}/lr": lr,
-                                    f"{prefix}/top1": top1, f"{prefix}/top5": top5, f"{prefix}/epoch": epoch + 1},
-                                   step)
-                logger.flush()
-                ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, epoch + 1), {
-                    "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "best_top1": best, "rng": ckpt.capture_rng_state(),
-                })
-                ckpt.prune_checkpoints(ckpt_dir, keep=1)
-                log.info("%s epoch %d/%d: loss %.4f top-1 %.4f top-5 %.4f", prefix, epoch + 1, recipe.epochs,
-                         total / max(count, 1), top1, top5)
-            if distributed:
-                torch.distributed.barrier()
-        if rank == 0 and math.isnan(top1):  # resumed after the last epoch: report the saved model
-            top1, top5 = evaluate_top(model, val_loader, device, ks)
-        metrics = {f"{prefix}/top1_best": best, f"{prefix}/top1_last": top1, f"{prefix}/top5_last": top5,
-                   f"{prefix}/train_images": float(len(train_set))}
-        if logger is not None:
-            logger.log_metrics(metrics, recipe.epochs * steps_per_epoch)
-            logger.close()
-        return metrics
-    except BaseException:
-        if logger is not None:
-            logger.close("FAILED")
-        raise
-    finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
+
+def train_classifier_epoch(run: ClassifierTraining, epoch: int) -> tuple[float, float]:
+    """One pass over this rank's share of the training split; returns the mean loss and the epoch's lr."""
+    run.loader.sampler.set_epoch(epoch)
+    run.train_model.train()
+    total, count = 0.0, 0
+    for images, targets in run.loader:
+        logits = run.train_model(images.to(run.proc.device))
+        loss = F.cross_entropy(logits, targets.to(run.proc.device))
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        total += loss.item() * len(targets)
+        count += len(targets)
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    return total / max(count, 1), lr
+
+
+def validate_and_checkpoint(run: ClassifierTraining, epoch: int, train_loss: float, lr: float,
+                            logger: RunLogger) -> tuple[float, float]:
+    """Rank 0: top-1/top-5 on the validation split, logged, then the checkpoint that marks the epoch done."""
+    top1, top5 = evaluate_top(run.model, run.val_loader, run.proc.device, run.ks)
+    run.best = max(run.best, top1)
+    p = run.prefix
+    logger.log_metrics({f"{p}/train_loss": train_loss, f"{p}/lr": lr, f"{p}/top1": top1, f"{p}/top5": top5,
+                        f"{p}/epoch": epoch + 1}, (epoch + 1) * run.steps_per_epoch)
+    logger.flush()
+    ckpt.save_checkpoint(ckpt.checkpoint_path(run.ckpt_dir, epoch + 1), {
+        "epoch": epoch + 1, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "best_top1": run.best, "rng": ckpt.capture_rng_state(),
+    })
+    ckpt.prune_checkpoints(run.ckpt_dir, keep=1)
+    log.info("%s epoch %d/%d: loss %.4f top-1 %.4f top-5 %.4f", p, epoch + 1, run.recipe.epochs, train_loss,
+             top1, top5)
+    return top1, top5

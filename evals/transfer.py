@@ -15,8 +15,6 @@ Options: ``dataset`` (a name of `DATASETS`), ``root`` (its folder, as torchvisio
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +30,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from evals.features import file_digest, load_or_extract
-from evals.job import EvalJob, load_frozen_backbone, select_device
+from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import balanced_subset
 from mec.augment import IMAGENET_MEAN, IMAGENET_STD
+from mec.data import data_identity
 from mec.monitor import Features
+from mec.run import select_device
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,9 @@ DATASETS: dict[str, TransferSet] = {
 
 def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """[N, D] features and labels ([N] or [N, classes]) of one split, from the cache when present."""
-    identity = json.dumps({"backbone": file_digest(Path(job.backbone)), "dataset": name,
-                           "root": str(Path(root).resolve()), "split": split, "size": size}, sort_keys=True)
-    path = Path(job.feature_cache) / f"transfer-{name}-{split}-{hashlib.sha256(identity.encode()).hexdigest()[:20]}.pt"
+    identity = data_identity(None, length=20, backbone_sha256=file_digest(Path(job.backbone)), dataset=name,
+                             root=Path(root), split=split, size=size)
+    path = Path(job.feature_cache) / f"transfer-{name}-{split}-{identity}.pt"
 
     def extract() -> Features:
         transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
@@ -161,18 +161,9 @@ def _seeded_split(labels: np.ndarray, name: str, seed: int) -> tuple[np.ndarray,
     return np.asarray(sorted(train)), np.asarray(sorted(test))
 
 
-def evaluate(job: EvalJob) -> dict[str, float]:
-    name = job.option("dataset", None)
-    if name not in DATASETS:
-        raise ValueError(f"transfer: options.dataset must be one of {sorted(DATASETS)}, got {name!r}")
-    root = job.option("root", None)
-    if root is None:
-        raise ValueError(f"transfer: options.root must name the folder holding {name}")
-    size = int(job.option("image_size", 224))
-    grid = [float(c) for c in job.option("C", DEFAULT_C)]
-    seed = int(job.option("seed", 0))
-    spec = DATASETS[name]
-    train_split, val_split, test_split = spec.splits
+def _train_val_test(job: EvalJob, name: str, root: str, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) of the training, validation and test splits (held out / seeded where not official)."""
+    train_split, val_split, test_split = DATASETS[name].splits
     x_train, y_train = _features(job, name, root, train_split, size)
     if train_split == test_split:  # no official split
         train_idx, test_idx = _seeded_split(y_train, name, seed)
@@ -181,28 +172,40 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     else:
         x_test, y_test = _features(job, name, root, test_split, size)
     if val_split is not None:
-        x_val, y_val = _features(job, name, root, val_split, size)
-    else:
-        stratify = y_train if y_train.ndim == 1 else y_train.argmax(1)
-        held = np.zeros(len(y_train), dtype=bool)
-        held[balanced_subset(stratify, VALIDATION_FRACTION, seed)] = True
-        x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[~held], y_train[~held]
+        return [(x_train, y_train), _features(job, name, root, val_split, size), (x_test, y_test)]
+    stratify = y_train if y_train.ndim == 1 else y_train.argmax(1)
+    held = np.zeros(len(y_train), dtype=bool)
+    held[balanced_subset(stratify, VALIDATION_FRACTION, seed)] = True
+    return [(x_train[~held], y_train[~held]), (x_train[held], y_train[held]), (x_test, y_test)]
 
-    scaler = StandardScaler().fit(x_train)
-    scores = {c: _score(spec.metric, _fit(spec.metric, scaler.transform(x_train), y_train, c),
-                        scaler.transform(x_val), y_val) for c in grid}
-    best_c = max(scores, key=scores.get)
-    x_all, y_all = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
-    scaler = StandardScaler().fit(x_all)
-    test_score = _score(spec.metric, _fit(spec.metric, scaler.transform(x_all), y_all, best_c),
-                        scaler.transform(x_test), y_test)
-    metrics = {"transfer/score": test_score, "transfer/best_C": best_c, "transfer/val_score": scores[best_c]}
-    logger = job.open_logger()
-    logger.try_("log the metric name", logger.set_tags, {"transfer.metric": spec.metric, "transfer.dataset": name})
-    for i, c in enumerate(grid):
-        logger.log_metrics({"transfer/val_score_by_C": scores[c]}, step=i)
-    logger.log_metrics(metrics, step=len(grid))
-    logger.close()
-    log.info("transfer %s: %s %.4f (C=%g)", name, spec.metric, test_score, best_c)
+
+def _fit_and_score(metric: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                   c: float) -> float:
+    """Standardise on ``train``, fit at ``c``, score on ``test``."""
+    scaler = StandardScaler().fit(train[0])
+    return _score(metric, _fit(metric, scaler.transform(train[0]), train[1], c), scaler.transform(test[0]), test[1])
+
+
+def evaluate(job: EvalJob) -> dict[str, float]:
+    name = job.option("dataset", None)
+    if name not in DATASETS:
+        raise ValueError(f"transfer: options.dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    root = job.option("root", None)
+    if root is None:
+        raise ValueError(f"transfer: options.root must name the folder holding {name}")
+    grid = [float(c) for c in job.option("C", DEFAULT_C)]
+    metric = DATASETS[name].metric
+    with job.logged() as logger:  # FAILED if anything below fails
+        logger.try_("log the metric name", logger.set_tags, {"transfer.metric": metric, "transfer.dataset": name})
+        train, val, test = _train_val_test(job, name, root, int(job.option("image_size", 224)),
+                                           int(job.option("seed", 0)))
+        scores = {c: _fit_and_score(metric, train, val, c) for c in grid}
+        best_c = max(scores, key=scores.get)
+        train_and_val = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))
+        test_score = _fit_and_score(metric, train_and_val, test, best_c)
+        metrics = {"transfer/score": test_score, "transfer/best_C": best_c, "transfer/val_score": scores[best_c]}
+        for i, c in enumerate(grid):
+            logger.log_metrics({"transfer/val_score_by_C": scores[c]}, step=i)
+        logger.log_metrics(metrics, step=len(grid))
+    log.info("transfer %s: %s %.4f (C=%g)", name, metric, test_score, best_c)
     return metrics
-

@@ -25,7 +25,8 @@ def embed(features: np.ndarray, seed: int, perplexity: float) -> np.ndarray:
     return np.asarray(TSNE(perplexity=perplexity, random_state=seed, n_jobs=1).fit(features))
 
 
-def plot_panels(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, class_names: list[str] | None = None) -> Path:
+def plot_panels(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path,
+                class_names: list[str] | None = None) -> Path:
     """One scatter panel per (title, 2-D points, labels), side by side, coloured by class; written as PNG."""
     import matplotlib
 
@@ -49,10 +50,18 @@ def plot_panels(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, cl
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:
-    cfg = job.cfg
+    with job.logged() as logger:  # FAILED if anything below fails
+        metrics, png = _embed_and_draw(job)
+        logger.log_metrics(metrics, step=0)
+        logger.try_("log the t-SNE figure", logger.log_artifact, png, "tsne")
+        logger.try_("log the embedding", logger.log_artifact, png.parent / "embedding.npz", "tsne")
+    return metrics
+
+
+def _embed_and_draw(job: EvalJob) -> tuple[dict[str, float], Path]:
     max_points = job.option("max_points", 2000)
     seed = int(job.option("seed", 0))
-    train, reused = cached_features(Path(job.backbone), cfg, "train", Path(job.feature_cache))
+    train, reused = cached_features(Path(job.backbone), job.cfg, "train", Path(job.feature_cache))
     labels = train.labels.numpy()
     feats = train.features.numpy()
     if max_points is not None and len(labels) > max_points:
@@ -63,10 +72,4 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "embedding.npz", points=points, labels=labels)
     png = plot_panels([(Path(job.output_dir).name, points, labels)], out / "tsne.png")
-    metrics = {"tsne/points": float(len(labels)), "tsne/features_reused": float(reused)}
-    logger = job.open_logger()
-    logger.log_metrics(metrics, step=0)
-    logger.try_("log the t-SNE figure", logger.log_artifact, png, "tsne")
-    logger.try_("log the embedding", logger.log_artifact, out / "embedding.npz", "tsne")
-    logger.close()
-    return metrics
+    return {"tsne/points": float(len(labels)), "tsne/features_reused": float(reused)}, png

@@ -13,6 +13,9 @@ Supported names and on-disk layouts (`root` is the data root of the config):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +26,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets.utils import check_integrity
 
+from mec.config import ConfigError, DataConfig
 from mec.digits import write_digit_folders
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "places365")
@@ -40,26 +45,67 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
 
 
+class DataIntegrityError(ConfigError):
+    """A data file fails its checksum or is not in the format expected; the message names the file."""
+
+
+def _cifar_files(dataset_class: type[CIFAR10]) -> list[tuple[str, str]]:
+    """(file name, torchvision's MD5) of every file of the python version: batches, then the meta file."""
+    files = [(file, md5) for file, md5 in dataset_class.train_list + dataset_class.test_list]
+    return [*files, (dataset_class.meta["filename"], dataset_class.meta["md5"])]
+
+
+def _unverified(dataset_class: type[CIFAR10]) -> type[CIFAR10]:
+    """``dataset_class`` with every MD5 removed: torchvision then checks only that each file exists."""
+    no_md5 = {
+        "train_list": [[file, None] for file, _ in dataset_class.train_list],
+        "test_list": [[file, None] for file, _ in dataset_class.test_list],
+        "meta": dataset_class.meta | {"md5": None},
+    }
+    return type(dataset_class.__name__, (dataset_class,), no_md5)
+
+
 def _cifar(
-    dataset_class: type[CIFAR10], name: str, root: Path, transform: Transform, split: str, download: bool
+    dataset_class: type[CIFAR10], name: str, root: Path, transform: Transform, split: str, download: bool,
+    verify_checksums: bool = True,
 ) -> CIFAR10:
     folder = root / dataset_class.base_folder
+    reader = dataset_class if verify_checksums else _unverified(dataset_class)
     try:
-        return dataset_class(root=str(root), train=split == "train", transform=transform, download=download)
+        return reader(root=str(root), train=split == "train", transform=transform, download=download)
     except RuntimeError as err:
         # torchvision says only "not found or corrupted"; tell missing files apart from damaged ones.
-        expected = [file for file, _ in dataset_class.train_list + dataset_class.test_list]
-        expected.append(dataset_class.meta["filename"])
-        missing = [file for file in expected if not (folder / file).is_file()]
+        files = _cifar_files(dataset_class)
+        missing = [file for file, _ in files if not (folder / file).is_file()]
         if missing:
             raise FileNotFoundError(
                 f"{name} data not found: expected the extracted python version in {folder} (missing: "
                 f"{', '.join(missing)}); set data.download=true to download it, or place the data there"
             ) from err
-        raise RuntimeError(
-            f"{name} files in {folder} failed torchvision's MD5 integrity check ({err}); replace them with the "
-            "original files, or delete the folder and set data.download=true"
-        ) from err
+        failed = [file for file, md5 in files if not check_integrity(str(folder / file), md5)]
+        first = folder / (failed[0] if failed else files[0][0])
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise DataIntegrityError(
+            f"{name}: {first}{more} fails torchvision's MD5 check of the official file; replace it with the "
+            "original, or delete the folder and set data.download=true, or set data.verify_checksums=false to "
+            "read real-format batches from elsewhere"
+        ) from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+        raise DataIntegrityError(f"{name}: {_unreadable_cifar_file(dataset_class, folder) or folder} is not "
+                                 f"a batch of the python version ({type(err).__name__}: {err})") from None
+
+
+def _unreadable_cifar_file(dataset_class: type[CIFAR10], folder: Path) -> Path | None:
+    """The first file of the python version that does not unpickle into a dict (the error path only)."""
+    for file, _ in _cifar_files(dataset_class):
+        try:
+            with open(folder / file, "rb") as fh:
+                if isinstance(pickle.load(fh, encoding="latin1"), dict):
+                    continue
+        except Exception:  # any failure to read it is what we are looking for
+            pass
+        return folder / file
+    return None
 
 
 def _image_folder(name: str, root: Path, transform: Transform, split: str) -> ImageFolder:
@@ -143,15 +189,16 @@ def _build_dataset(
     split: str,
     download: bool,
     digits_params: dict[str, Any] | None,
+    verify_checksums: bool = True,
 ) -> Dataset:
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown data set {name!r}; expected one of {list(DATASET_NAMES)}")
     _check_split(split)
     root = Path(root)
     if name == "cifar10":
-        return _cifar(CIFAR10, name, root, transform, split, download)
+        return _cifar(CIFAR10, name, root, transform, split, download, verify_checksums)
     if name == "cifar100":
-        return _cifar(CIFAR100, name, root, transform, split, download)
+        return _cifar(CIFAR100, name, root, transform, split, download, verify_checksums)
     if name == "digits":
         write_digit_folders(root, **(digits_params or {}))
     return _image_folder(name, root, transform, split)
@@ -167,6 +214,7 @@ def build_pretrain_dataset(
     digits_params: dict[str, Any] | None = None,
     positives: str = "same_image",
     source_pair_p: float = 1.0,
+    verify_checksums: bool = True,
 ) -> Dataset:
     """The images of data set `name` under `root` (split "train" or "val"), each passed through `transform`.
 
@@ -174,6 +222,8 @@ def build_pretrain_dataset(
         only) pairs two files of one source, see `SourcePairs` (`source_pair_p` is its `pair_p`).
 
     download: CIFAR only; otherwise missing files raise FileNotFoundError naming the expected folder.
+    verify_checksums: CIFAR only; check each file against torchvision's MD5 (a mismatch raises
+        `DataIntegrityError` naming the file), or only that it exists and reads as the python version.
     digits_params: keyword arguments of `mec.digits.write_digit_folders` (size, variants, seed and render
         knobs); the tree is rendered into `root` if it is missing or was rendered with other parameters.
         Ignored by the other data sets, so one config can carry it whatever the data set.
@@ -186,10 +236,10 @@ def build_pretrain_dataset(
     if positives not in POSITIVES:
         raise ValueError(f"unknown positives {positives!r}; expected one of {list(POSITIVES)}")
     if positives == "same_image":
-        return _build_dataset(name, root, transform, split, download, digits_params)
+        return _build_dataset(name, root, transform, split, download, digits_params, verify_checksums)
     if name in ("cifar10", "cifar100"):
         raise ValueError(f"data.positives=same_source needs files named <source>_<variant>; {name} has none")
-    folder = _build_dataset(name, root, None, split, download, digits_params)
+    folder = _build_dataset(name, root, None, split, download, digits_params, verify_checksums)
     return SourcePairs(folder, transform, source_pair_p)
 
 
@@ -201,12 +251,28 @@ def build_eval_dataset(
     *,
     download: bool = False,
     digits_params: dict[str, Any] | None = None,
+    verify_checksums: bool = True,
 ) -> Dataset:
     """A labelled split ("train" or "val") for kNN, probes and fine-tuning; arguments as `build_pretrain_dataset`.
 
     The same images as pretraining: evaluations differ only in the transform they pass.
     """
-    return _build_dataset(name, root, transform, split, download, digits_params)
+    return _build_dataset(name, root, transform, split, download, digits_params, verify_checksums)
+
+
+def data_identity(data: DataConfig | None = None, *, length: int = 24, **extra: Any) -> str:
+    """A hex digest naming what a data set holds: the config's data set, resolved root and digit rendering,
+    plus ``extra`` (split, transform, backbone digest, ...; a `Path` value counts by its resolved form).
+
+    Feature caches and label splits are named by it, so a changed root or rendering never reuses stale files.
+    ``data`` None: ``extra`` alone (a data set described otherwise, as transfer's torchvision sets are).
+    """
+    identity: dict[str, Any] = {}
+    if data is not None:
+        identity = {"data": data.name, "root": str(Path(data.root).resolve()),
+                    "digits": data.digits_params() if data.name == "digits" else None}
+    identity |= {key: str(value.resolve()) if isinstance(value, Path) else value for key, value in extra.items()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:length]
 
 
 # What SLURM sends to every process of a job step (preemption, time limit, scancel, Ctrl-C under srun).

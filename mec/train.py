@@ -4,30 +4,40 @@ The recipe is the released code's (reference.md): two asymmetric views, student 
 teacher, symmetrised coding-length loss on the global batch, per-iteration lr / lambda / momentum schedules.
 Every epoch ends with an atomic checkpoint; a restarted run resumes from the newest valid one and keeps
 logging into the same MLflow run.
+
+Structure (DINO's ``train_dino`` / ``train_one_epoch``): `pretrain` runs the job inside the shared scaffold
+(`mec.run`: process group, device, seeds, rank-0 run logger closed FINISHED or FAILED); `setup_pretraining`
+builds data, model, loss and optimiser and resumes them; `train_one_epoch` / `train_step` are the step loop
+(with `stop_if_diverged`); `end_epoch` logs and checkpoints; `export_and_monitor` exports the backbone.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import random
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from mec import checkpoint as ckpt
 from mec import distributed as dist_env
 from mec.augment import build_two_view, eval_transform
 from mec.config import Config, ConfigError
 from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
-from mec.loss import MaximumEntropyCodingLoss, cross_correlation_matrix, spectral_norm
+from mec.loss import (
+    DIVERGED_SPECTRAL_NORM,
+    CodingLengthOutput,
+    MaximumEntropyCodingLoss,
+    cross_correlation_matrix,
+    spectral_norm,
+)
 from mec.models import (
     MECModel,
     build_backbone,
@@ -38,12 +48,11 @@ from mec.models import (
 )
 from mec.monitor import effective_rank, extract_features, feature_quality
 from mec.optim import build_optimizer
+from mec.run import JobProcess, job_process, logged_run, resume_latest, seed_everything
 from mec.schedules import lambda_warmup_scale, teacher_momentum, warmup_cosine
 from mec.tracking import RunLogger, environment_tags
 
 log = logging.getLogger(__name__)
-
-SIMULATED_KILL_EXIT_CODE = 137  # what a SIGKILL'd process reports; used by train.stop_after_steps
 
 
 @dataclass(frozen=True)
@@ -51,20 +60,6 @@ class PretrainResult:
     run_id: str | None
     backbone_path: Path
     metrics: dict[str, float]
-
-
-def select_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -147,203 +142,265 @@ def pretrain(cfg: Config, config_file: Path | None = None, run_id: str | None = 
     ``run_id``: an MLflow run created by the caller (a workflow rule) to log into; a checkpoint's run id wins,
     so a resumed run always continues the run it started in.
     """
-    given_run_id = run_id
-    distributed = dist_env.init_distributed()
-    rank, world = dist_env.rank(), dist_env.world_size()
-    main = rank == 0
-    device = select_device(cfg.train.device)
-    if cfg.optim.batch_size % world:
-        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} must be divisible by the world size {world}")
-    if cfg.train.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seed_everything(cfg.train.seed + rank)
-
-    out_dir = Path(cfg.train.output_dir)
-    ckpt_dir = out_dir / "checkpoints"
     check_convergence(cfg)
+    with job_process(cfg.train.device, cfg.train.seed, cfg.train.deterministic) as proc:
+        job = setup_pretraining(cfg, proc, run_id)
+        opener = (lambda: open_pretrain_logger(job, config_file)) if proc.main else None
+        with logged_run(opener) as logger:
+            if logger is not None:
+                job.run_id = logger.run_id
+            for epoch in range(job.start_epoch, cfg.optim.epochs):
+                stats = train_one_epoch(job, epoch, logger)
+                if logger is not None:
+                    end_epoch(job, epoch, stats, logger)
+                proc.barrier()
+            return export_and_monitor(job, logger)
 
+
+@dataclass
+class Pretraining:
+    """Everything the epoch loop reads and updates; built by `setup_pretraining`."""
+
+    cfg: Config
+    proc: JobProcess
+    loader: DataLoader
+    model: MECModel
+    train_model: torch.nn.Module  # the model, wrapped in DistributedDataParallel under DDP
+    loss_fn: MaximumEntropyCodingLoss
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    start_epoch: int = 0  # epochs completed before this process started
+    step: int = 0  # optimiser steps completed
+    run_id: str | None = None
+    resumed: bool = False
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.optim.epochs * self.steps_per_epoch
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.train.output_dir)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def cuda_extras(self) -> bool:
+        return self.proc.device.type == "cuda"
+
+
+@dataclass
+class EpochStats:
+    loss: float = 0.0  # summed over the epoch's steps
+    coding_length: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+def build_pretrain_loader(cfg: Config, proc: JobProcess) -> DataLoader:
     two_view = build_two_view(cfg.data.augment, cfg.data.image_size, **cfg.data.augment_options)
     dataset = build_pretrain_dataset(
         cfg.data.name, cfg.data.root, two_view, download=cfg.data.download, digits_params=cfg.data.digits_params(),
         positives=cfg.data.positives, source_pair_p=cfg.data.source_pair_p,
+        verify_checksums=cfg.data.verify_checksums,
     )
-    local_batch = cfg.optim.batch_size // world
     loader = build_loader(
-        dataset, local_batch, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
-        seed=cfg.train.seed, distributed=distributed,
+        dataset, proc.local_batch(cfg.optim.batch_size, "optim.batch_size"), shuffle=True, drop_last=True,
+        num_workers=cfg.data.num_workers, seed=cfg.train.seed, distributed=proc.distributed,
     )
-    steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
+    if len(loader) == 0:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} is larger than the data set ({len(dataset)} images "
             f"in {cfg.data.root}); lower optim.batch_size"
         )
-    total_steps = cfg.optim.epochs * steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    lambda_warmup_steps = round(cfg.loss.lambda_warmup_epochs * steps_per_epoch)
+    return loader
 
+
+def prepare_model(cfg: Config, device: torch.device) -> MECModel:
+    """The model on ``device``; SyncBatchNorm when ``model.sync_batchnorm`` and DDP runs on an accelerator."""
     model = build_model(cfg).to(device)
-    model = convert_sync_batchnorm(model, device)
-    use_cuda_extras = device.type == "cuda"
-    if use_cuda_extras and cfg.train.channels_last:
+    if cfg.model.sync_batchnorm:
+        model = convert_sync_batchnorm(model, device)
+    if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -> Pretraining:
+    """Data, model, loss and optimiser, resumed from the newest checkpoint when there is one."""
+    loader = build_pretrain_loader(cfg, proc)
+    model = prepare_model(cfg, proc.device)
     loss_fn = MaximumEntropyCodingLoss(
         eps=cfg.loss.eps, order=cfg.loss.order, side=cfg.loss.side, parametrisation=cfg.loss.parametrisation
     )
     optimizer = build_optimizer(model, cfg.optim, cfg.lr)
-
-    start_epoch, step, run_id = 0, 0, given_run_id
-    resumed = ckpt.find_resumable(ckpt_dir)
+    job = Pretraining(cfg, proc, loader, model, model, loss_fn, optimizer, len(loader), run_id=given_run_id)
+    resumed = resume_latest(job.ckpt_dir, model=model, optimizer=optimizer)
     if resumed is not None:
         path, state = resumed
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        ckpt.restore_rng_state(state["rng"])
-        if rank != 0:  # only rank 0's RNG state is saved; other ranks get their own stream back
-            seed_everything(epoch_seed(cfg.train.seed, int(state["epoch"]), rank))
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        run_id = state.get(ckpt.RUN_ID_KEY) or given_run_id
-        if given_run_id and run_id != given_run_id:
-            log.warning("checkpoint %s belongs to MLflow run %s, not %s: continuing %s", path, run_id,
-                        given_run_id, run_id)
-        log.info("resuming from %s (epoch %d done, step %d)", path, start_epoch, step)
+        if not proc.main:  # only rank 0's RNG state is saved; other ranks get their own stream back
+            seed_everything(epoch_seed(cfg.train.seed, int(state["epoch"]), proc.rank))
+        job.start_epoch, job.step, job.resumed = int(state["epoch"]), int(state["step"]), True
+        job.run_id = state.get(ckpt.RUN_ID_KEY) or given_run_id
+        if given_run_id and job.run_id != given_run_id:
+            log.warning("checkpoint %s belongs to MLflow run %s, not %s: continuing %s", path, job.run_id,
+                        given_run_id, job.run_id)
+        log.info("resuming from %s (epoch %d done, step %d)", path, job.start_epoch, job.step)
+    if proc.distributed:
+        job.train_model = DistributedDataParallel(
+            model, device_ids=[proc.device.index] if job.cuda_extras else None)
+    return job
 
-    train_model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda_extras else None) \
-        if distributed else model
 
-    logger: RunLogger | None = None
-    if main:
-        logger = RunLogger.open(
-            experiment=cfg.tracking.experiment,
-            run_name=cfg.tracking.run_name or cfg.name,
-            journal=out_dir / "metrics.jsonl",
-            resume_run_id=run_id,
-            tracking_uri=cfg.tracking.tracking_uri,
-            tags={"mec.stage": "pretrain", "mec.config_name": cfg.name},
-        )
-        run_id = logger.run_id
-        logger.try_("log params", logger.log_params,
-                    cfg.flat() | {"derived.lr": cfg.lr, "derived.steps_per_epoch": steps_per_epoch})
-        logger.try_("set tags", logger.set_tags,
-                    environment_tags(world, str(device)) | {"mec.output_dir": str(out_dir.resolve())})
-        if resumed is None:
-            logger.try_("log the resolved config", logger.log_text,
-                        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
-            if config_file is not None:
-                logger.try_("log the config file", logger.log_artifact, config_file, "config")
+def open_pretrain_logger(job: Pretraining, config_file: Path | None) -> RunLogger:
+    """Rank 0's MLflow run (the checkpoint's, the caller's, or a new one) with params, tags and the config."""
+    cfg = job.cfg
+    logger = RunLogger.open(
+        experiment=cfg.tracking.experiment,
+        run_name=cfg.tracking.run_name or cfg.name,
+        journal=job.out_dir / "metrics.jsonl",
+        resume_run_id=job.run_id,
+        tracking_uri=cfg.tracking.tracking_uri,
+        tags={"mec.stage": "pretrain", "mec.config_name": cfg.name},
+    )
+    logger.try_("log params", logger.log_params,
+                cfg.flat() | {"derived.lr": cfg.lr, "derived.steps_per_epoch": job.steps_per_epoch})
+    logger.try_("set tags", logger.set_tags, environment_tags(job.proc.world, str(job.proc.device))
+                | {"mec.output_dir": str(job.out_dir.resolve())})
+    if not job.resumed:
+        logger.try_("log the resolved config", logger.log_text,
+                    yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+        if config_file is not None:
+            logger.try_("log the config file", logger.log_artifact, config_file, "config")
+    return logger
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda_extras and cfg.train.amp)
-    steps_this_process = 0
+
+def train_one_epoch(job: Pretraining, epoch: int, logger: RunLogger | None) -> EpochStats:
+    """One pass over the loader: a step per batch, its metrics every ``train.log_every`` steps."""
+    cfg, loader = job.cfg, job.loader
+    # The loader's generator seeds the shuffle and the workers' augmentations; deriving it from
+    # (seed, epoch, rank) lets a resumed run draw what the uninterrupted run would have. Randomness
+    # in this process comes from the RNG state restored from the checkpoint.
+    loader.generator.manual_seed(epoch_seed(cfg.train.seed, epoch, job.proc.rank))
+    loader.sampler.set_epoch(epoch)
+    job.model.train()
+    stats = EpochStats()
+    for (view1, view2), _ in _progress(loader, job.steps_per_epoch, f"epoch {epoch + 1}", job.proc.main):
+        metrics = train_step(job, epoch, view1, view2)
+        stats.loss += metrics["train/loss"]
+        stats.coding_length += metrics["train/coding_length"]
+        if logger is not None and (job.step % cfg.train.log_every == 0 or job.step == 1):
+            logger.log_metrics(metrics, job.step)
+            if not sys.stderr.isatty():
+                log.info("epoch %d step %d/%d loss %.5f lr %.4g lambda %.4g", epoch + 1, job.step,
+                         job.total_steps, metrics["train/loss"], metrics["train/lr"], metrics["train/lambda"])
+    return stats
+
+
+def train_step(job: Pretraining, epoch: int, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, float]:
+    """One optimiser step on one batch of view pairs; returns the step's metrics (``job.step`` advances)."""
+    cfg, model = job.cfg, job.model
+    view1, view2 = (v.to(job.proc.device, non_blocking=True) for v in (view1, view2))
+    if job.cuda_extras and cfg.train.channels_last:
+        view1, view2 = (v.contiguous(memory_format=torch.channels_last) for v in (view1, view2))
+    lr = warmup_cosine(job.step, job.total_steps, round(cfg.optim.warmup_epochs * job.steps_per_epoch), cfg.lr)
+    for group in job.optimizer.param_groups:
+        group["lr"] = lr
+    scale = lambda_warmup_scale(job.step, round(cfg.loss.lambda_warmup_epochs * job.steps_per_epoch),
+                                cfg.loss.lambda_warmup_factor)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=job.cuda_extras and cfg.train.amp):
+        p1, p2, z1, z2 = job.train_model(view1, view2)
+    # Released pairing: teacher view 1 with student view 2, and the reverse; the symmetric net has one pair
+    # (Algorithm 1). The loss leaves autocast and evaluates the series in float32 (bf16 powers of C lose the
+    # higher terms).
+    pairs = [(z1, z2)] if model.symmetric else [(z1, p2), (z2, p1)]
     try:
-        for epoch in range(start_epoch, cfg.optim.epochs):
-            # The loader's generator seeds the shuffle and the workers' augmentations; deriving it from
-            # (seed, epoch, rank) lets a resumed run draw what the uninterrupted run would have. Randomness
-            # in this process comes from the RNG state restored from the checkpoint.
-            loader.generator.manual_seed(epoch_seed(cfg.train.seed, epoch, rank))
-            if loader.sampler is not None and hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            model.train()
-            epoch_loss, epoch_cl, started = 0.0, 0.0, time.monotonic()
-            for (view1, view2), _ in _progress(loader, steps_per_epoch, f"epoch {epoch + 1}", main):
-                view1 = view1.to(device, non_blocking=True)
-                view2 = view2.to(device, non_blocking=True)
-                if use_cuda_extras and cfg.train.channels_last:
-                    view1 = view1.contiguous(memory_format=torch.channels_last)
-                    view2 = view2.contiguous(memory_format=torch.channels_last)
-                lr = warmup_cosine(step, total_steps, warmup_steps, cfg.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                scale = lambda_warmup_scale(step, lambda_warmup_steps, cfg.loss.lambda_warmup_factor)
-                with autocast:
-                    p1, p2, z1, z2 = train_model(view1, view2)
-                # Released pairing: teacher view 1 with student view 2, and the reverse; the symmetric net has
-                # one pair (Algorithm 1). The loss leaves autocast and evaluates the series in float32 (bf16
-                # powers of C lose the higher terms).
-                pairs = [(z1, z2)] if model.symmetric else [(z1, p2), (z2, p1)]
-                try:
-                    out = loss_fn(pairs, lambda_scale=scale)
-                except FloatingPointError as exc:
-                    raise FloatingPointError(f"step {step} (epoch {epoch + 1}): {exc}") from None
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                momentum = teacher_momentum(step, total_steps, cfg.model.teacher_momentum)
-                if cfg.model.use_teacher:
-                    model.update_teacher(momentum)
-                step += 1
-                steps_this_process += 1
-                loss_value = out.loss.item()
-                epoch_loss += loss_value
-                epoch_cl += float(out.coding_length)
-                if logger is not None and (step % cfg.train.log_every == 0 or step == 1):
-                    metrics = {
-                        "train/loss": loss_value,
-                        "train/coding_length": float(out.coding_length),
-                        "train/lr": lr,
-                        "train/lambda": out.lam,
-                        "train/teacher_momentum": momentum,
-                    }
-                    every = cfg.loss.spectral_norm_every
-                    if every and (step % every == 0 or step == 1):
-                        # Dimensional collapse shows here long before it shows in the loss.
-                        metrics["train/embedding_rank"] = effective_rank(p2)
-                        if cfg.loss.order is not None:
-                            metrics["train/spectral_norm"] = _spectral_norm_of(z1, p2, out.lam)
-                    logger.log_metrics(metrics, step)
-                    if not sys.stderr.isatty():
-                        log.info("epoch %d step %d/%d loss %.5f lr %.4g lambda %.4g", epoch + 1, step,
-                                 total_steps, loss_value, lr, out.lam)
-                if cfg.train.stop_after_steps and steps_this_process >= cfg.train.stop_after_steps:
-                    # Test hook for a killed job: no cleanup, no flush, no checkpoint.
-                    logging.shutdown()
-                    os._exit(SIMULATED_KILL_EXIT_CODE)
-            if logger is not None:
-                logger.log_metrics(
-                    {
-                        "epoch/loss": epoch_loss / steps_per_epoch,
-                        "epoch/coding_length": epoch_cl / steps_per_epoch,
-                        "epoch/seconds": time.monotonic() - started,
-                        "epoch/epoch": epoch + 1,
-                    },
-                    step,
-                )
-                # Metrics reach the store before the checkpoint that marks the epoch done.
-                logger.flush()
-                ckpt.save_checkpoint(
-                    ckpt.checkpoint_path(ckpt_dir, epoch + 1),
-                    _checkpoint_state(model, optimizer, epoch + 1, step, run_id, cfg),
-                )
-                ckpt.prune_checkpoints(ckpt_dir, keep=cfg.train.checkpoint_keep)
-                log.info("epoch %d/%d: loss %.5f (%.1f s)", epoch + 1, cfg.optim.epochs,
-                         epoch_loss / steps_per_epoch, time.monotonic() - started)
-            if distributed:
-                torch.distributed.barrier()
+        out = job.loss_fn(pairs, lambda_scale=scale)
+    except FloatingPointError as exc:
+        raise FloatingPointError(f"step {job.step} (epoch {epoch + 1}): {exc}") from None
+    metrics = {"train/loss": out.loss.item(), "train/coding_length": float(out.coding_length), "train/lr": lr,
+               "train/lambda": out.lam}
+    number = job.step + 1  # the step's number in the metrics (1-based)
+    every = cfg.loss.spectral_norm_every
+    if every and (number % every == 0 or number == 1):
+        # Dimensional collapse shows in the rank long before it shows in the loss.
+        metrics["train/embedding_rank"] = effective_rank(p2)
+        if cfg.loss.order is not None:
+            metrics["train/spectral_norm"] = _spectral_norm_of(z1, p2, out.lam)
+    if cfg.loss.order is not None:
+        stop_if_diverged(job, epoch, out, metrics.get("train/spectral_norm"),
+                         measure=lambda: _spectral_norm_of(z1, p2, out.lam))
+    job.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    job.optimizer.step()
+    metrics["train/teacher_momentum"] = teacher_momentum(job.step, job.total_steps, cfg.model.teacher_momentum)
+    if cfg.model.use_teacher:
+        model.update_teacher(metrics["train/teacher_momentum"])
+    job.step += 1
+    return metrics
 
-        backbone_path = out_dir / "backbone.pt"
-        metrics: dict[str, float] = {}
-        if main:
-            last = ckpt.checkpoint_path(ckpt_dir, cfg.optim.epochs)
-            ckpt.export_backbone(model.student_backbone_state_dict(), backbone_path,
-                                 _backbone_metadata(cfg, model.backbone.feature_dim, run_id, last))
-            if cfg.monitor.enabled:
-                metrics = monitor_backbone(cfg, model.backbone, device)
-                logger.log_metrics(metrics, step)
-            if cfg.tracking.log_backbone:
-                logger.try_("log the backbone", logger.log_artifact, backbone_path, "backbone")
-            logger.close("FINISHED")
-            logger = None
-        return PretrainResult(run_id, backbone_path, metrics)
-    except BaseException:
-        if logger is not None:
-            logger.close("FAILED")
-        raise
-    finally:
-        if distributed:
-            torch.distributed.destroy_process_group()
+
+def stop_if_diverged(job: Pretraining, epoch: int, out: CodingLengthOutput, measured: float | None,
+                     measure: Callable[[], float]) -> None:
+    """Raise FloatingPointError when the Taylor series has clearly diverged, whatever loss.convergence_check says.
+
+    Clearly diverged: the loss is one no convergent series can give (`convergent_loss_bound`, checked each
+    step; ``measure`` then gives ||C||_2 for the message), or ``measured`` ||C||_2 (each
+    ``loss.spectral_norm_every`` steps) exceeds DIVERGED_SPECTRAL_NORM. Every rank decides alike: the loss is
+    the global batch's, and the largest ||C||_2 over ranks counts.
+    """
+    loss, bound = out.loss.item(), job.loss_fn.convergent_loss_bound(out)
+    if measured is None and abs(loss) > bound:
+        measured = measure()
+    if measured is not None and job.proc.distributed:
+        largest = torch.tensor([measured], device=job.proc.device)
+        torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+        measured = float(largest)
+    if abs(loss) <= bound and (measured is None or measured <= DIVERGED_SPECTRAL_NORM):
+        return
+    d = job.cfg.model.embedding_dim
+    why = (f"loss {loss:.4g} is beyond the |loss| <= {bound:.3g} a convergent series gives; measured ||C||_2 = "
+           f"{measured:.4g}" if abs(loss) > bound else
+           f"measured ||C||_2 = {measured:.4g} is above {DIVERGED_SPECTRAL_NORM:g}; loss {loss:.4g}")
+    raise FloatingPointError(
+        f"step {job.step} (epoch {epoch + 1}): the order-{job.cfg.loss.order} Taylor series has diverged ({why}; "
+        f"the series converges only for ||C||_2 < 1) at lambda*m = {out.lam * out.m:.4g} (lambda={out.lam:.4g}, "
+        f"m={out.m}, d={d}). Use a larger loss.eps (above {math.sqrt(d):.3g} guarantees convergence), a longer "
+        "loss.lambda_warmup_epochs, or loss.order=null (exact log-determinant)"
+    )
+
+
+def end_epoch(job: Pretraining, epoch: int, stats: EpochStats, logger: RunLogger) -> None:
+    """Rank 0: the epoch's metrics, then the checkpoint that marks the epoch done, then pruning."""
+    seconds = time.monotonic() - stats.started
+    mean_loss = stats.loss / job.steps_per_epoch
+    logger.log_metrics({"epoch/loss": mean_loss, "epoch/coding_length": stats.coding_length / job.steps_per_epoch,
+                        "epoch/seconds": seconds, "epoch/epoch": epoch + 1}, job.step)
+    # Metrics reach the journal (and, when it answers, the store) before the checkpoint that marks the epoch done.
+    logger.flush()
+    ckpt.save_checkpoint(ckpt.checkpoint_path(job.ckpt_dir, epoch + 1),
+                         _checkpoint_state(job.model, job.optimizer, epoch + 1, job.step, job.run_id, job.cfg))
+    ckpt.prune_checkpoints(job.ckpt_dir, keep=job.cfg.train.checkpoint_keep)
+    log.info("epoch %d/%d: loss %.5f (%.1f s)", epoch + 1, job.cfg.optim.epochs, mean_loss, seconds)
+
+
+def export_and_monitor(job: Pretraining, logger: RunLogger | None) -> PretrainResult:
+    """Rank 0: export the student backbone, score it against a random one, log both; other ranks return."""
+    cfg = job.cfg
+    backbone_path = job.out_dir / "backbone.pt"
+    metrics: dict[str, float] = {}
+    if logger is None:
+        return PretrainResult(job.run_id, backbone_path, metrics)
+    last = ckpt.checkpoint_path(job.ckpt_dir, cfg.optim.epochs)
+    ckpt.export_backbone(job.model.student_backbone_state_dict(), backbone_path,
+                         _backbone_metadata(cfg, job.model.backbone.feature_dim, job.run_id, last))
+    if cfg.monitor.enabled:
+        metrics = monitor_backbone(cfg, job.model.backbone, job.proc.device)
+        logger.log_metrics(metrics, job.step)
+    if cfg.tracking.log_backbone:
+        logger.try_("log the backbone", logger.log_artifact, backbone_path, "backbone")
+    return PretrainResult(job.run_id, backbone_path, metrics)
 
 
 def _spectral_norm_of(target: torch.Tensor, online: torch.Tensor, lam: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 import random
 from collections import OrderedDict
 from pathlib import Path
@@ -245,7 +246,7 @@ def test_save_checkpoint_refuses_what_weights_only_loading_refuses(tmp_path, val
     # The reference: plain torch.save accepts the value, loading it back with weights_only fails.
     plain = tmp_path / "plain.pt"
     torch.save({"value": value}, plain)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(plain, weights_only=True)
 
     target = tmp_path / "run" / "checkpoint_epoch0001.pt"

@@ -27,7 +27,8 @@ def test_released_recipe_values():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config("digits", ["loss.eps=0.5", "loss.order=null", "optim.epochs=3", "data.augment_options.crop_scale=[0.5, 1.0]"])
+    cfg = load_config("digits", ["loss.eps=0.5", "loss.order=null", "optim.epochs=3",
+                                 "data.augment_options.crop_scale=[0.5, 1.0]"])
     assert cfg.loss.eps == 0.5 and cfg.loss.order is None and cfg.optim.epochs == 3
     assert cfg.data.augment_options["crop_scale"] == [0.5, 1.0]
     assert cfg.flat()["loss.eps"] == 0.5

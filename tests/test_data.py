@@ -15,7 +15,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from mec.augment import build_two_view, eval_transform
-from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
+from mec.config import ConfigError, DataConfig
+from mec.data import DataIntegrityError, build_eval_dataset, build_loader, build_pretrain_dataset, data_identity
 from mec.digits import DigitStyle, paste_digit, render_digit_image, write_digit_folders
 
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -85,10 +86,45 @@ def test_missing_cifar_folder_names_it_and_the_download_switch(tmp_path):
         build_eval_dataset("cifar100", tmp_path, None, "val")
 
 
-def test_cifar_files_with_wrong_md5_are_reported_as_corrupted(tmp_path):
-    _write_cifar10(tmp_path)
-    with pytest.raises(RuntimeError, match="MD5"):
+def test_cifar_files_with_wrong_md5_are_named_in_one_line_with_the_switch(tmp_path):
+    _write_cifar10(tmp_path)  # real format, but not torchvision's official bytes
+    with pytest.raises(DataIntegrityError) as caught:
         build_pretrain_dataset("cifar10", tmp_path, None)
+    message = str(caught.value)
+    assert "\n" not in message and isinstance(caught.value, ConfigError)  # the CLI prints it as one line
+    assert f"{tmp_path / 'cifar-10-batches-py' / 'data_batch_1'} (and 6 more) fails torchvision's MD5" in message
+    assert "data.verify_checksums=false" in message
+
+
+def test_cifar_batches_from_elsewhere_load_with_checksums_off(tmp_path):
+    written = _write_cifar10(tmp_path)
+    train = build_pretrain_dataset("cifar10", tmp_path, build_two_view("cifar", 32), verify_checksums=False)
+    assert len(train) == 15 and train.classes == [f"class{i}" for i in range(10)]
+    val = build_eval_dataset("cifar10", tmp_path, np.asarray, "val", verify_checksums=False)
+    np.testing.assert_array_equal(val[0][0][0, 0], written["test_batch"][0, [0, 1024, 2048]])
+    _write_cifar100(tmp_path)
+    assert len(build_eval_dataset("cifar100", tmp_path, None, "train", verify_checksums=False)) == 3
+
+
+def test_checksums_off_still_needs_every_file_in_the_real_format(tmp_path):
+    _write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(DataIntegrityError, match=r"data_batch_3 is not a batch of the python version"):
+        build_eval_dataset("cifar10", tmp_path, None, "train", verify_checksums=False)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing: data_batch_3"):
+        build_eval_dataset("cifar10", tmp_path, None, "train", verify_checksums=False)
+
+
+def test_data_identity_names_the_data_and_what_the_caller_adds(tmp_path):
+    digits = DataConfig(name="digits", root=str(tmp_path / "d"))
+    same = DataConfig(name="digits", root=str(tmp_path / "x" / ".." / "d"))  # one folder, spelt differently
+    other_render = DataConfig(name="digits", root=str(tmp_path / "d"), digits={"size": 16})
+    assert data_identity(digits) == data_identity(same) != data_identity(other_render)
+    assert data_identity(digits, split="train") != data_identity(digits, split="val")
+    assert data_identity(None, root=tmp_path / "a") == data_identity(None, root=tmp_path / "b" / ".." / "a")
+    assert len(data_identity(digits, length=10)) == 10
 
 
 def _write_image_folder(root: Path) -> None:
@@ -265,8 +301,9 @@ def test_palette_limits_colour_pairs_to_a_fixed_set():
         image, _ = render_digit_image(digits[i].reshape(8, 8), np.random.default_rng(i), style=style)
         corners.add(tuple(image[0, 0]))  # the digit's cell is at most 0.8 of the canvas: a corner is background
     assert 2 <= len(corners) <= 3
-    free = {tuple(render_digit_image(digits[i].reshape(8, 8), np.random.default_rng(i),
-                                     style=DigitStyle(texture_strength=0.0, noise_std=0.0))[0][0, 0]) for i in range(40)}
+    plain = DigitStyle(texture_strength=0.0, noise_std=0.0)
+    free = {tuple(render_digit_image(digits[i].reshape(8, 8), np.random.default_rng(i), style=plain)[0][0, 0])
+            for i in range(40)}
     assert len(free) > 30
     with pytest.raises(ValueError, match="palette_size must be >= 0"):
         DigitStyle(palette_size=-1)

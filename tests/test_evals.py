@@ -10,7 +10,7 @@ import torch
 import torchvision.datasets.cifar
 from conftest import TINY_MODEL, write_image_folder
 from mlflow.tracking import MlflowClient
-from test_data import _write_cifar10
+from test_data import CIFAR10_FILES, _write_cifar10, _write_pickle
 
 from evals import run_protocol
 from evals.job import EvalJob
@@ -23,6 +23,7 @@ from evals.splits import (
 )
 from mec.checkpoint import MissingBackboneKeysError, export_backbone
 from mec.config import build_config
+from mec.data import DataIntegrityError
 from mec.tracking import RunLogger
 from mec.train import build_backbone_from_config
 
@@ -87,13 +88,18 @@ def test_linear_probe_logs_each_epoch_and_resumes_instead_of_retraining(tmp_path
     assert len(client.get_metric_history(job.run_id, "linear/top1")) == 2  # nothing logged twice
 
 
-def test_linear_probe_reads_real_cifar_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
-    _write_cifar10(tmp_path / "cifar", images_per_file=8)
-    config = _config({"name": "cifar10", "root": str(tmp_path / "cifar"), "augment": "cifar", "image_size": 32})
-    metrics = run_protocol(_job(tmp_path, "linear_probe", config, _backbone(tmp_path / "b.pt", config),
-                                epochs=1, batch_size=8))
+def test_linear_probe_reads_real_cifar_batches_from_elsewhere_with_checksums_off(tmp_path):
+    _write_cifar10(tmp_path / "cifar", images_per_file=8)  # real format, not torchvision's official bytes
+    data = {"name": "cifar10", "root": str(tmp_path / "cifar"), "augment": "cifar", "image_size": 32}
+    config = _config(data | {"verify_checksums": False})
+    backbone = _backbone(tmp_path / "b.pt", config)
+    metrics = run_protocol(_job(tmp_path, "linear_probe", config, backbone, epochs=1, batch_size=8))
     assert metrics["linear/train_images"] == 40 and 0.0 <= metrics["linear/top5_last"] <= 1.0
+    (tmp_path / "checked").mkdir()
+    checked = _job(tmp_path / "checked", "linear_probe", _config(data), backbone, epochs=1, batch_size=8)
+    with pytest.raises(DataIntegrityError, match=r"data_batch_1 \(and 6 more\) fails torchvision's MD5"):
+        run_protocol(checked)
+    assert MlflowClient(checked.tracking_uri).get_run(checked.run_id).info.status == "FAILED"
 
 
 def test_a_backbone_file_with_missing_keys_fails_loudly(tmp_path, folder):
@@ -116,12 +122,30 @@ def test_finetune_trains_on_the_split_and_names_a_missing_image(tmp_path, folder
         run_protocol(_job(tmp_path, "finetune", config, backbone, epochs=1))
 
 
+@pytest.mark.parametrize("protocol", ["linear_probe", "finetune"])
+def test_both_protocols_refuse_a_simclr_list_that_fails_its_checksum(tmp_path, folder, protocol):
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    backbone = _backbone(tmp_path / "b.pt", config)
+    # Every image it names exists: only the checksum can reject it.
+    fake = write_split(tmp_path / "1percent.txt", ["disc/000.png", "bar/000.png"])
+    job = _job(tmp_path, protocol, config, backbone, split=str(fake), epochs=1, batch_size=2)
+    with pytest.raises(SplitError, match=r"1percent\.txt: SHA-256 .* does not match SimCLR's published list"):
+        run_protocol(job)
+    assert MlflowClient(job.tracking_uri).get_run(job.run_id).info.status == "FAILED"
+    renamed = write_split(tmp_path / "mine.txt", ["disc/000.png", "bar/000.png"])  # same lines, our own list
+    (tmp_path / "ok").mkdir()
+    metrics = run_protocol(_job(tmp_path / "ok", protocol, config, backbone, split=str(renamed), epochs=1,
+                                batch_size=2))
+    assert metrics[f"{'linear' if protocol == 'linear_probe' else 'finetune'}/train_images"] == 2
+
+
 def test_simclr_style_lists_resolve_by_file_name_and_are_checked(tmp_path):
     samples = [(str(tmp_path / "train" / "n01" / "n01_1.JPEG"), 0), (str(tmp_path / "train" / "n02" / "n02_7.JPEG"), 1)]
     listed = write_split(tmp_path / "list.txt", ["n02_7.JPEG", "n01_1.JPEG"])
     assert resolve_split(listed, samples, tmp_path / "train") == [1, 0]
     missing = write_split(tmp_path / "list2.txt", ["n01_1.JPEG", "n03_5.JPEG"])
-    with pytest.raises(SplitError, match=r"list2\.txt:2: image 'n03_5\.JPEG' is missing \(expected .*n03/n03_5\.JPEG\)"):
+    with pytest.raises(SplitError,
+                       match=r"list2\.txt:2: image 'n03_5\.JPEG' is missing \(expected .*n03/n03_5\.JPEG\)"):
         resolve_split(missing, samples, tmp_path / "train")
     fake = write_split(tmp_path / "1percent.txt", ["n01_1.JPEG"])
     with pytest.raises(SplitError, match="does not match SimCLR's published list"):
@@ -157,17 +181,34 @@ def test_tsne_embeds_cached_features_and_draws_a_png(tmp_path, folder):
         assert image.size[0] > image.size[1] > 100
 
 
+def _write_bright_dark_cifar10(root: Path, images_per_file: int = 20) -> None:
+    """Real-format CIFAR-10 batches whose class shows in the pixels: dark images are class 0, bright ones class
+    1, three dark to one bright in every file, so predicting the majority class scores 0.75."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in CIFAR10_FILES:
+        labels = [int(i % 4 == 3) for i in range(images_per_file)]
+        data = np.stack([rng.integers(190, 256, 3072) if label else rng.integers(0, 60, 3072) for label in labels])
+        _write_pickle(folder / name, {"batch_label": name, "data": data.astype(np.uint8), "labels": labels})
+    _write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+
+
 def test_transfer_selects_c_on_a_held_out_split_and_scores_the_test_split(tmp_path, folder, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
-    _write_cifar10(tmp_path / "cifar", images_per_file=20)
+    _write_bright_dark_cifar10(tmp_path / "cifar")
     config = _config({"name": "imagefolder", "root": str(folder)})
     backbone = _backbone(tmp_path / "b.pt", config)
+    # C = 1e-6 or 1e-7 leaves only the (unpenalised) intercept: every image gets the majority class, 0.75 on
+    # the held-out split. C = 1 separates the classes. The right C is in the middle of the grid.
     job = _job(tmp_path, "transfer", config, backbone, dataset="CIFAR10", root=str(tmp_path / "cifar"),
-               image_size=32, C=[0.01, 1.0])
+               image_size=32, C=[1e-6, 1.0, 1e-7])
     metrics = run_protocol(job)
-    assert metrics["transfer/best_C"] in (0.01, 1.0) and 0.0 <= metrics["transfer/score"] <= 1.0
     history = MlflowClient(job.tracking_uri).get_metric_history(job.run_id, "transfer/val_score_by_C")
-    assert len(history) == 2
+    by_c = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert by_c[0] == by_c[2] == pytest.approx(0.75) and by_c[1] >= 0.95
+    assert metrics["transfer/best_C"] == 1.0 and metrics["transfer/val_score"] == by_c[1]
+    assert metrics["transfer/score"] >= 0.95  # on the 20 test images: a majority vote or shuffled labels miss it
     assert len(list((tmp_path / "features").glob("transfer-CIFAR10-*.pt"))) == 2  # train and test, cached
     with pytest.raises(FileNotFoundError, match="transfer data set CIFAR100 not found under"):
         run_protocol(_job(tmp_path, "transfer", config, backbone, dataset="CIFAR100", root=str(tmp_path / "none")))

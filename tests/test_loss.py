@@ -1,5 +1,6 @@
 """The MEC objective against independent references: exact log-determinants, matrix powers, closed forms."""
 
+import itertools
 import math
 
 import pytest
@@ -53,7 +54,7 @@ def test_taylor_error_against_exact_logdet_falls_with_order(m, d, side):
     exact = torch.logdet(torch.eye(d, dtype=torch.float64) + lam * z1.T @ z2)  # positive det here
     assert torch.isfinite(exact)
     errors = [abs((coding_length_series(z1, z2, lam, order, side) - exact) / exact).item() for order in (1, 2, 3, 4, 6)]
-    assert all(later < earlier for earlier, later in zip(errors, errors[1:])), errors
+    assert all(later < earlier for earlier, later in itertools.pairwise(errors)), errors
     assert errors[-1] < 1e-3
     assert coding_length_series(z1, z2, lam, None, side).item() == pytest.approx(exact.item(), rel=1e-10)
 
@@ -312,3 +313,18 @@ def test_non_finite_loss_raises_with_its_context():
     with pytest.raises(FloatingPointError, match="inf.*step 12"):
         check_finite(torch.tensor(float("inf")), "step 12")
     check_finite(torch.tensor(1.0), "never shown")
+
+
+@pytest.mark.parametrize("parametrisation", ["released", "paper"])
+def test_the_divergence_bound_holds_for_a_convergent_series_and_not_for_a_diverged_one(parametrisation):
+    torch.manual_seed(0)
+    z1 = torch.randn(16, 8)
+    z2 = z1 + 0.01 * torch.randn(16, 8)
+    # lambda * m = d / eps^2 just below 1: the series converges, whatever the embeddings
+    convergent = MaximumEntropyCodingLoss(eps=math.sqrt(8) * 1.001, order=4, parametrisation=parametrisation)
+    out = convergent([(z1, z2)])
+    assert spectral_norm(cross_correlation_matrix(F.normalize(z1, dim=1), F.normalize(z2, dim=1), out.lam)) < 1
+    assert abs(out.loss.item()) <= convergent.convergent_loss_bound(out)
+    diverged = MaximumEntropyCodingLoss(eps=0.3, order=4, parametrisation=parametrisation)  # lambda * m = 89
+    out = diverged([(z1, z2)])
+    assert abs(out.loss.item()) > diverged.convergent_loss_bound(out)

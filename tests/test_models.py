@@ -290,6 +290,29 @@ def test_convert_sync_batchnorm_only_when_distributed_on_an_accelerator(tmp_path
     assert converted.teacher_backbone is not None
 
 
+@pytest.mark.parametrize("sync", [True, False])
+def test_pretraining_converts_batchnorm_only_when_model_sync_batchnorm_says_so(tmp_path, monkeypatch, sync):
+    from mec.config import build_config
+    from mec.train import prepare_model
+
+    cfg = build_config({"model": {"arch": "resnet18", "width": 4, "cifar_stem": True, "projector_hidden": 16,
+                                  "embedding_dim": 8, "predictor_hidden": 8, "sync_batchnorm": sync}})
+    # No GPU here: let this test's CPU stand for an accelerator, so conversion hangs on the config alone.
+    monkeypatch.setattr("mec.models._SYNC_BATCHNORM_DEVICE_TYPES", ("cuda", "cpu"))
+    assert not _sync_norms(prepare_model(cfg, torch.device("cpu")))  # no process group: never
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = prepare_model(cfg, torch.device("cpu"))
+    finally:
+        torch.distributed.destroy_process_group()
+    assert bool(_sync_norms(model)) is sync
+    assert not any(type(m) is nn.BatchNorm2d for m in model.backbone.modules()) if sync else True
+
+
+def _sync_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.SyncBatchNorm)]
+
+
 def test_symmetric_net_embeds_both_views_with_gradients_and_has_no_teacher():
     torch.manual_seed(0)
     model = MECModel(build_backbone("resnet18", width=4, cifar_stem=True), released_projector(32, 16, 8), None,

@@ -27,7 +27,7 @@ def _knn_reference(train: Features, test: Features, k: int, t: float) -> float:
     """Plain loops over numpy arrays: vote weights exp(cos / t) of the k most similar training points."""
     a, b = train.features.numpy().astype(np.float64), test.features.numpy().astype(np.float64)
     correct = 0
-    for x, y in zip(b, test.labels.numpy()):
+    for x, y in zip(b, test.labels.numpy(), strict=True):
         sims = a @ x
         order = np.argsort(-sims)[:k]
         votes: dict[int, float] = {}

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 from conftest import TINY_MODEL, write_image_folder
 from mlflow.tracking import MlflowClient
+from test_data import _write_cifar10
 
 from mec.checkpoint import list_checkpoints, load_backbone
 from mec.config import CONFIG_DIR, build_config, load_config
+from mec.loss import DIVERGED_SPECTRAL_NORM, CodingLengthOutput, MaximumEntropyCodingLoss
 from mec.models import build_backbone
-from mec.train import SIMULATED_KILL_EXIT_CODE, pretrain
+from mec.train import pretrain, stop_if_diverged
 
 
 def tiny_config(tmp_path: Path, data_root: Path, **sections) -> dict:
@@ -78,12 +84,40 @@ def test_pretrain_logs_checkpoints_and_exports(tmp_path, image_folder):
     assert meta["metadata"]["mlflow_run_id"] == result.run_id
 
 
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "workflow.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
 def _run_cli(config_file: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run(
-        [sys.executable, "-m", "workflow.cli", "pretrain", "--config", str(config_file), *overrides],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    return subprocess.run(_cli("pretrain", "--config", str(config_file), *overrides), capture_output=True, text=True,
+                          env=_env(), timeout=600)
+
+
+def _journaled_steps(journal: Path) -> list[int]:
+    if not journal.exists():
+        return []
+    lines = journal.read_text().splitlines()
+    return [row["step"] for row in map(json.loads, lines[:-1]) if row["key"] == "train/loss"]  # last may be partial
+
+
+def _kill_at_step(config_file: Path, journal: Path, step: int, timeout: float = 300) -> subprocess.Popen:
+    """Start `mec pretrain` and SIGKILL it (no cleanup, no flush, no checkpoint) once its journal holds ``step``."""
+    proc = subprocess.Popen(_cli("pretrain", "--config", str(config_file)), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while max(_journaled_steps(journal), default=0) < step:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"pretraining ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    return proc
 
 
 def test_killed_run_resumes_into_same_mlflow_run_with_same_losses(tmp_path, image_folder):
@@ -95,14 +129,14 @@ def test_killed_run_resumes_into_same_mlflow_run_with_same_losses(tmp_path, imag
     ref = pretrain(build_config(ref_tree))
     ref_losses = dict(metric_history(ref_tree["tracking"]["tracking_uri"], ref.run_id, "train/loss"))
 
-    # The same run killed (hard exit, no cleanup) in the middle of epoch 2, then started again.
+    # The same run killed in epoch 2 (3 steps per epoch), then started again.
     tree = tiny_config(tmp_path / "killed", image_folder, optim={"epochs": 3}, data=workers)
     config_file = tmp_path / "killed.yaml"
     config_file.write_text(yaml.safe_dump(tree))
-    killed = _run_cli(config_file, "train.stop_after_steps=5")
-    assert killed.returncode == SIMULATED_KILL_EXIT_CODE, killed.stderr
-    ckpts = tmp_path / "killed" / "run" / "checkpoints"
-    assert [e for e, _ in list_checkpoints(ckpts)] == [1]
+    run_dir = tmp_path / "killed" / "run"
+    killed = _kill_at_step(config_file, run_dir / "metrics.jsonl", step=4)
+    assert killed.returncode == -signal.SIGKILL
+    assert max(e for e, _ in list_checkpoints(run_dir / "checkpoints")) < 3, "killed before the run ended"
 
     resumed = _run_cli(config_file)
     assert resumed.returncode == 0, resumed.stderr
@@ -138,7 +172,8 @@ def test_non_finite_loss_names_the_step(tmp_path, image_folder):
     tree = tiny_config(tmp_path, image_folder, loss={"eps": 1e-6, "lambda_warmup_epochs": 0})
     with pytest.raises(FloatingPointError, match=r"step 0 \(epoch 1\).*not finite.*eps"):
         pretrain(build_config(tree))
-    run = MlflowClient(tree["tracking"]["tracking_uri"]).search_runs(["1"])[0]
+    client = MlflowClient(tree["tracking"]["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     assert run.info.status == "FAILED"
 
 
@@ -165,6 +200,61 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert str(missing / "train") in out.stderr
 
 
+def test_a_diverged_run_stops_with_the_step_and_values_whatever_the_check_says(tmp_path, image_folder):
+    # lambda*m = 356 (eps 0.3, d 32, m 8): the loss stays finite, but no convergent series gives it. The
+    # default convergence_check (warn) only warns about the bound before training; the measured values stop it.
+    tree = tiny_config(tmp_path, image_folder, loss={"eps": 0.3, "lambda_warmup_epochs": 1})
+    assert build_config(tree).loss.convergence_check == "warn"
+    config_file = tmp_path / "diverges.yaml"
+    config_file.write_text(yaml.safe_dump(tree))
+    out = _run_cli(config_file)
+    assert out.returncode == 1, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("mec: training diverged: step 1 (epoch 1): the order-4 Taylor series has diverged (loss ")
+    for expected in ("measured ||C||_2 = ", "a convergent series gives", "lambda*m = 62.75", "loss.eps",
+                     "loss.order=null"):
+        assert expected in last, expected
+    client = MlflowClient(tree["tracking"]["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "FAILED"
+    assert not list_checkpoints(tmp_path / "run" / "checkpoints")
+
+
+def test_a_measured_spectral_norm_far_above_one_stops_even_with_a_plausible_loss():
+    cfg = build_config({"model": {"embedding_dim": 32}, "loss": {"convergence_check": "off"}})
+    loss_fn = MaximumEntropyCodingLoss(eps=cfg.loss.eps)
+    job = SimpleNamespace(cfg=cfg, loss_fn=loss_fn, step=41, proc=SimpleNamespace(distributed=False))
+    out = CodingLengthOutput(loss=torch.tensor(-0.2), coding_length=torch.tensor(1.0), lam=4.0, mu=20.0, m=8, d=32)
+    stop_if_diverged(job, 4, out, measured=DIVERGED_SPECTRAL_NORM * 0.9, measure=lambda: pytest.fail("measured"))
+    stop_if_diverged(job, 4, out, measured=None, measure=lambda: pytest.fail("not a spectral step: not measured"))
+    with pytest.raises(FloatingPointError, match=r"step 41 \(epoch 5\): .*measured \|\|C\|\|_2 = 344 is above 10; "
+                       r"loss -0\.2.* lambda\*m = 32"):
+        stop_if_diverged(job, 4, out, measured=344.0, measure=lambda: 344.0)
+
+
+def test_cifar_batches_failing_their_checksum_stop_in_one_line_and_train_with_the_switch_off(tmp_path):
+    _write_cifar10(tmp_path / "cifar", images_per_file=8)  # real format, not torchvision's official bytes
+    data = {"name": "cifar10", "root": str(tmp_path / "cifar"), "augment": "cifar", "image_size": 32,
+            "num_workers": 0}
+    tree = tiny_config(tmp_path, tmp_path / "cifar", data=data, optim={"epochs": 1})
+    config_file = tmp_path / "cifar.yaml"
+    config_file.write_text(yaml.safe_dump(tree))
+    out = _run_cli(config_file)
+    assert out.returncode == 2, out.stderr[-3000:]
+    batch = tmp_path / "cifar" / "cifar-10-batches-py" / "data_batch_1"
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"mec: error: cifar10: {batch} (and 6 more) fails torchvision's MD5 check of the official file; replace "
+        "it with the original, or delete the folder and set data.download=true, or set data.verify_checksums=false "
+        "to read real-format batches from elsewhere")
+    assert "Traceback" not in out.stderr
+
+    tree["data"]["verify_checksums"] = False
+    result = pretrain(build_config(tree))
+    assert result.backbone_path.is_file()
+    steps = [s for s, _ in metric_history(tree["tracking"]["tracking_uri"], result.run_id, "train/loss")]
+    assert steps == [1, 2, 3, 4, 5]  # 40 training images, batch 8
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
 def test_every_shipped_config_trains_a_few_steps(tmp_path, image_folder, paired_image_folder, name):
     """solo-learn style smoke test: the shipped recipe (optimiser, loss, heads, augmentations) runs.
@@ -179,7 +269,7 @@ def test_every_shipped_config_trains_a_few_steps(tmp_path, image_folder, paired_
     tree["optim"] |= {"batch_size": 8, "epochs": 1, "warmup_epochs": 0}
     tree["loss"] |= {"lambda_warmup_epochs": 0}
     tree["monitor"] = {"enabled": False}
-    tree["train"] |= {"output_dir": str(tmp_path / "run"), "stop_after_steps": 0}
+    tree["train"] |= {"output_dir": str(tmp_path / "run")}
     tree["tracking"] |= {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = pretrain(build_config(tree))
     assert result.backbone_path.is_file()

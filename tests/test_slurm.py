@@ -102,6 +102,17 @@ def _jobs_named(prefix: str) -> list[tuple[str, str, str]]:
     return [tuple(line.split()) for line in out.splitlines() if line.split()[1].startswith(prefix)]
 
 
+def _wait_until_running(run_dir: Path, process: subprocess.Popen) -> str:
+    """The id of the job this test's stage submitted (its launches file), once SLURM runs it."""
+    deadline = time.monotonic() + 300
+    while True:
+        assert time.monotonic() < deadline and process.poll() is None, "the pretraining job never ran"
+        launches = stage.Launches(run_dir).read()
+        if launches and _read_job_field(launches[0]["job_id"], "JobState") == "RUNNING":
+            return launches[0]["job_id"]
+        time.sleep(1)
+
+
 RESOURCES = {"runtime": 10, "cpus_per_task": 1, "mem_mb": 2000, "slurm_partition": "", "slurm_account": ""}
 
 
@@ -216,22 +227,18 @@ def test_ctrl_c_on_snakemake_profile_slurm_cancels_its_jobs(slurm_cluster, tmp_p
     config.write_text(yaml.safe_dump(tree))
     snakemake = subprocess.Popen(_profile_command(tmp_path, config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True, env=_environment(), start_new_session=True)
+    run_dir = tmp_path / "results" / "pretrain" / "a_s0"
     try:
-        deadline = time.monotonic() + 300
-        while not any(state == "RUNNING" for _, _, state in _jobs_named("pretrain-a_s0")):
-            assert time.monotonic() < deadline and snakemake.poll() is None, "the pretraining job never ran"
-            time.sleep(1)
+        job_id = _wait_until_running(run_dir, snakemake)
         os.killpg(snakemake.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         output, _ = snakemake.communicate(timeout=180)
     finally:
         if snakemake.poll() is None:
             os.killpg(snakemake.pid, signal.SIGKILL)
     assert snakemake.returncode != 0
-    deadline = time.monotonic() + 60
-    while any(state in ("PENDING", "RUNNING", "COMPLETING") for _, _, state in _jobs_named("pretrain-a_s0")):
-        assert time.monotonic() < deadline, _jobs_named("pretrain-a_s0")
-        time.sleep(1)
-    assert {state for _, _, state in _jobs_named("pretrain-a_s0")} == {"CANCELLED"}
+    assert _job_field(job_id, "JobState", wait_for="CANCELLED") == "CANCELLED"
+    assert [(e["event"], e["job_id"]) for e in stage.Launches(run_dir).read()] == [("submitted", job_id),
+                                                                                  ("cancelled", job_id)]
     client = MlflowClient(tree["tracking_uri"])
     (run,) = client.search_runs([client.get_experiment_by_name("slurm-test").experiment_id])
     assert run.info.status == "KILLED"
@@ -274,18 +281,13 @@ def test_a_rerun_reattaches_to_the_job_its_killed_rule_left_running(slurm_cluste
                "--resources", json.dumps(RESOURCES), "--output", str(tmp_path / "pretrain.json")]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_environment())
     try:
-        deadline = time.monotonic() + 300
-        while not any(state == "RUNNING" for _, _, state in _jobs_named("pretrain-a_s0")):
-            assert time.monotonic() < deadline and first.poll() is None, "the pretraining job never ran"
-            time.sleep(1)
+        job_id = _wait_until_running(tmp_path / "results" / "pretrain" / "a_s0", first)
     finally:
         first.kill()
         first.wait()
     record = stage.pretrain(experiment, "a_s0", tmp_path / "pretrain.json", RESOURCES)
-    events = [(e["event"], e["job_id"]) for e in record["launches"]]
-    (job_id,) = {job for _, job in events}
-    assert events == [("submitted", job_id), ("attached", job_id)]
-    assert [job for job, _, _ in _jobs_named("pretrain-a_s0")] == [job_id]
+    assert [(e["event"], e["job_id"]) for e in record["launches"]] == [("submitted", job_id), ("attached", job_id)]
+    assert record["launch"]["job_id"] == job_id and _job_field(job_id, "JobState") == "COMPLETED"
     client = MlflowClient(tree["tracking_uri"])
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["launcher.attempts"] == "1"

@@ -184,6 +184,8 @@ def test_a_submission_to_a_missing_partition_fails_the_run_with_the_reason(slurm
     (run,) = client.search_runs([client.get_experiment_by_name("slurm-test").experiment_id])
     assert run.info.status == "FAILED"
     assert "partition" in run.data.tags["mec.failure"].lower()
+    (attempt,) = stage.Launches(tmp_path / "results" / "pretrain" / "a_s0").read()
+    assert attempt["event"] == "submission failed" and "partition" in attempt["error"].lower()
     assert not (tmp_path / "pretrain.json").exists()
 
 

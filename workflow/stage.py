@@ -131,7 +131,12 @@ def run_job(target: str, args: tuple[Any, ...], *, spec: LaunchSpec, run_dir: Pa
         log.info("re-attached to %s job %s, still %s; log %s", spec.cluster, record.job_id,
                  slurm_job_info(previous).get("JobState", "?").lower(), record.stdout)
     else:
-        job = submit(target, *args, spec=spec)
+        try:
+            job = submit(target, *args, spec=spec)
+        except Exception as exc:  # sbatch refused it (a missing partition, an account over its limits)
+            launches.append("submission failed", LaunchRecord(spec.cluster, None, str(spec.folder), None, None),
+                            error=one_line(exc))
+            raise
         record = record_of(job, spec.cluster)
         record_attempts(launches.append("submitted", record))
         log.info("submitted %s job %s (%s); log %s", spec.cluster, record.job_id, spec.job_name, record.stdout)

@@ -207,9 +207,16 @@ def init_distributed(backend: str | None = None) -> bool:
         WORLD_SIZE=str(launch.world_size),
         LOCAL_RANK=str(launch.local_rank),
     )
-    if torch.cuda.is_available():
-        torch.cuda.set_device(launch.local_rank)
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        # One GPU per task; a gloo (CPU) group needs none, so a CPU job on a GPU node may run more tasks than GPUs.
+        visible = torch.cuda.device_count()
+        if launch.local_rank >= visible:
+            raise RuntimeError(
+                f"rank {launch.rank} is task {launch.local_rank} of its node, which shows {visible} GPU(s): start one "
+                "task per GPU (gpus_per_node = tasks per node), or train on the CPU (train.device=cpu uses gloo)"
+            )
+        torch.cuda.set_device(launch.local_rank)
     dist.init_process_group(backend=backend, init_method="env://")
     return True

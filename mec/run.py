@@ -75,7 +75,7 @@ class JobProcess:
 @contextmanager
 def job_process(device: str = "auto", seed: int = 0, deterministic: bool = False) -> Iterator[JobProcess]:
     """Start DDP when the launcher asked for it, pick the device, seed with ``seed + rank``; tear down at exit."""
-    distributed = dist_env.init_distributed()
+    distributed = dist_env.init_distributed("gloo" if device == "cpu" else None)
     try:
         proc = JobProcess(distributed, dist_env.rank(), dist_env.world_size(), select_device(device))
         if deterministic:

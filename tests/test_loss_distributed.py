@@ -57,7 +57,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
     )
-    assert distributed.init_distributed()
+    assert distributed.init_distributed("gloo")  # CPU process groups, also on a machine with GPUs
     view1, view2, student_weight, teacher_weight = global_batch()
     model = DistributedDataParallel(linear_encoder(student_weight))
     rows = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
@@ -202,3 +202,13 @@ def test_submitit_job_uses_submitit_helper(clean_environment):
 def test_bad_backend(clean_environment):
     with pytest.raises(ValueError, match="backend"):
         distributed.init_distributed("smoke-signals")
+
+
+def test_an_nccl_task_without_its_gpu_is_one_clear_error(clean_environment, monkeypatch):
+    # A node showing fewer GPUs than tasks (here: none) must not fail inside CUDA with "invalid device ordinal".
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match=r"task 1 of its node, which shows 1 GPU\(s\): start one task per GPU"):
+        distributed.init_distributed("nccl")

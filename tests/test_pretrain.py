@@ -22,6 +22,7 @@ from mec.checkpoint import list_checkpoints, load_backbone
 from mec.config import CONFIG_DIR, build_config, load_config
 from mec.loss import DIVERGED_SPECTRAL_NORM, CodingLengthOutput, MaximumEntropyCodingLoss
 from mec.models import build_backbone
+from mec.run import select_device
 from mec.train import pretrain, stop_if_diverged
 
 
@@ -65,7 +66,7 @@ def test_pretrain_logs_checkpoints_and_exports(tmp_path, image_folder):
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.eps"] == "2.0" and run.data.params["optim.batch_size"] == "8"
-    assert run.data.tags["env.world_size"] == "1" and run.data.tags["env.device"] == "cpu"
+    assert run.data.tags["env.world_size"] == "1" and run.data.tags["env.device"] == str(select_device())
     steps_per_epoch = 24 // 8
     losses = metric_history(cfg.tracking.tracking_uri, result.run_id, "train/loss")
     assert [s for s, _ in losses] == list(range(1, 2 * steps_per_epoch + 1))
@@ -88,8 +89,13 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "workflow.cli", *args]
 
 
+def _pythonpath() -> str:
+    """The repository first, then whatever the caller's PYTHONPATH holds (a machine whose packages live there)."""
+    return os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
+
+
 def _env() -> dict[str, str]:
-    return os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return os.environ | {"PYTHONPATH": _pythonpath()}
 
 
 def _run_cli(config_file: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -185,7 +191,7 @@ def test_convergence_guard_in_error_mode_stops_before_training(tmp_path, image_f
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = os.environ | {"PYTHONPATH": _pythonpath()}
     cmd = [sys.executable, "-m", "workflow.cli", "pretrain", "--config", "digits", "loss.eps=zero"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert out.returncode == 2
@@ -283,7 +289,7 @@ def test_torchrun_two_process_gloo_pretraining(tmp_path, image_folder):
                        train={"deterministic": False})
     config_file = tmp_path / "ddp.yaml"
     config_file.write_text(yaml.safe_dump(tree))
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = os.environ | {"PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "-m", "workflow.cli", "pretrain", "--config", str(config_file)],

@@ -8,7 +8,6 @@ with ``weights_only=True``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -24,17 +23,9 @@ from mec.run import select_device
 log = logging.getLogger(__name__)
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def feature_key(backbone: Path, cfg: Config, split: str) -> str:
     data = cfg.data
-    return data_identity(data, backbone_sha256=file_digest(backbone), split=split,
+    return data_identity(data, backbone_sha256=ckpt.file_sha256(backbone), split=split,
                          transform=[data.augment, data.image_size])
 
 

@@ -11,13 +11,12 @@ Two kinds of split file, one image per line:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from mec.checkpoint import write_text_atomically
+from mec.checkpoint import file_sha256, write_text_atomically
 
 # SHA-256 of SimCLR's published split lists (12,811 and 128,116 lines).
 SIMCLR_SHA256 = {
@@ -104,6 +103,6 @@ def verify_simclr_split(path: Path) -> None:
     expected = SIMCLR_SHA256.get(path.name)
     if expected is None:
         raise SplitError(f"{path}: not one of SimCLR's split lists {sorted(SIMCLR_SHA256)}")
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    actual = file_sha256(path)
     if actual != expected:
         raise SplitError(f"{path}: SHA-256 {actual} does not match SimCLR's published list ({expected})")

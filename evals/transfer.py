@@ -29,9 +29,10 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from evals.features import file_digest, load_or_extract
+from evals.features import load_or_extract
 from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import balanced_subset
+from mec import checkpoint as ckpt
 from mec.augment import IMAGENET_MEAN, IMAGENET_STD
 from mec.data import data_identity
 from mec.monitor import Features
@@ -87,7 +88,7 @@ DATASETS: dict[str, TransferSet] = {
 
 def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """[N, D] features and labels ([N] or [N, classes]) of one split, from the cache when present."""
-    identity = data_identity(None, length=20, backbone_sha256=file_digest(Path(job.backbone)), dataset=name,
+    identity = data_identity(None, length=20, backbone_sha256=ckpt.file_sha256(job.backbone), dataset=name,
                              root=Path(root), split=split, size=size)
     path = Path(job.feature_cache) / f"transfer-{name}-{split}-{identity}.pt"
 

@@ -21,6 +21,7 @@ directory, fsynced, and renamed over the target, so a crash leaves either the ol
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import random
@@ -61,6 +62,15 @@ class MissingBackboneKeysError(KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes: the identity of a backbone (feature caches, imported runs) or a split list."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- writing

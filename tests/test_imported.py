@@ -16,10 +16,11 @@ from conftest import TINY_MODEL, write_tiny_mec_config
 from mlflow.tracking import MlflowClient
 
 from mec import checkpoint as ckpt
+from mec.checkpoint import file_sha256
 from mec.config import ConfigError, load_config
 from mec.models import build_backbone
 from workflow.experiment import SCHEMA, build_experiment
-from workflow.imported import SHA256_TAG, SOURCE_TAG, file_sha256, import_backbone_job
+from workflow.imported import SHA256_TAG, SOURCE_TAG, import_backbone_job
 from workflow.launch import CLUSTERS
 
 

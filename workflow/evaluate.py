@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 
 from evals import PROTOCOLS
+from mec.checkpoint import file_sha256
 from mec.config import ConfigError, load_config, parse_override
 from workflow.experiment import build_experiment
-from workflow.imported import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,20 +6,11 @@ a trained backbone, so every evaluation reads it the same way.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 SOURCE_TAG = "mec.source_backbone"
 SHA256_TAG = "mec.source_backbone_sha256"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def import_backbone_job(config_tree: dict[str, Any], run_id: str, source: str | Path) -> dict[str, Any]:
@@ -43,7 +34,7 @@ def import_backbone_job(config_tree: dict[str, Any], run_id: str, source: str | 
     m = cfg.model
     backbone = build_backbone(m.arch, width=m.width, cifar_stem=m.cifar_stem, zero_init_residual=False)
     loaded = ckpt.load_backbone(backbone, source, ignore=("fc.",))
-    sha256 = file_sha256(source)
+    sha256 = ckpt.file_sha256(source)
     path = Path(cfg.train.output_dir) / "backbone.pt"
     ckpt.export_backbone(backbone.state_dict(), path, {
         "arch": m.arch, "width": m.width, "cifar_stem": m.cifar_stem, "feature_dim": backbone.feature_dim,

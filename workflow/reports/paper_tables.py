@@ -76,7 +76,8 @@ def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
 # What a run's recipe is, for deciding which runs are seeds of one cell. Not recipe: the seeds themselves (the
 # spread a cell shows), where a run wrote, how it was named, tracked and logged.
 PRETRAIN_NOT_RECIPE = ("train.seed", "train.output_dir", "tracking.", "name", "source", "train.log_every",
-                       "train.checkpoint_keep", "train.stop_after_steps", "data.num_workers")
+                       "train.checkpoint_keep", "train.stop_after_steps", "data.num_workers",
+                       "data.verify_checksums")
 EVAL_NOT_RECIPE = ("eval.seed", "eval.backbone")
 PRETRAIN_RECIPE_TAGS = ("mec.source_backbone_sha256",)  # an imported backbone is its own recipe
 

@@ -230,7 +230,7 @@ def eval_transform(kind: str, size: int) -> T.Compose:
     _check_eval_kind(kind)
     _check_size(size)
     if kind == "imagenet":
-        resize = int(round(size * 256 / 224))
+        resize = round(size * 256 / 224)
         return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), _normalize(kind)])
     return T.Compose([T.ToTensor(), _normalize(kind)])
 

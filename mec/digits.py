@@ -222,7 +222,8 @@ def render_digit_image(
         raise ValueError(f"size must be >= 8 pixels, got {size!r}")
     background = ink = None
     if style.palette_size:
-        background, ink = colour_palette(style.palette_size, style.min_colour_distance)[rng.integers(style.palette_size)]
+        palette = colour_palette(style.palette_size, style.min_colour_distance)
+        background, ink = palette[rng.integers(style.palette_size)]
     canvas = textured_background(rng, size, size, style, flat=background)
     box = paste_digit(canvas, digit, rng, style, ink=ink)
     if style.noise_std > 0:

@@ -213,3 +213,22 @@ def test_the_waiting_process_imports_neither_torch_nor_mlflow(tmp_path):
     heavy, rss_mb = proc.stdout.split("]")
     assert heavy == "[", proc.stdout
     assert int(rss_mb) < 150  # MB; torch alone is about 500
+
+
+def test_a_stage_whose_tracking_server_is_away_stops_in_seconds_naming_it(tmp_path):
+    import socket
+    import time
+
+    from mec.tracking import TrackingUnavailableError
+    from workflow import stages
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tree = {"experiment": "away", "output": str(tmp_path / "results"), "tracking_uri": f"http://127.0.0.1:{port}",
+            "pretrain": {"a": {"config": str(write_tiny_mec_config(tmp_path))}}}
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=rf"http://127.0.0.1:{port} is not reachable .*tracking_uri"):
+        stages.create_experiment(tree, tmp_path / "record.json")
+    assert time.monotonic() - started < 30  # MLflow's own retries took about 258 s
+    assert not (tmp_path / "record.json").exists()

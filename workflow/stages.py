@@ -24,6 +24,7 @@ from mec.tracking import (
     ensure_experiment,
     log_params,
     replay_journal,
+    require_tracking_store,
     resolve_tracking_uri,
 )
 from workflow.experiment import Experiment, build_experiment
@@ -51,9 +52,16 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise RuntimeError(f"{path}: not a readable stage record ({exc}); delete it and rerun its rule") from None
 
 
+def store(uri: str, uri_source: str = "MLFLOW_TRACKING_URI or the experiment's tracking_uri") -> MlflowClient:
+    """A client of ``uri``; a tracking server that does not answer stops the stage in seconds, in one line."""
+    require_tracking_store(uri, uri_source)
+    return MlflowClient(tracking_uri=uri)
+
+
 def tracking_client(experiment: Experiment) -> tuple[MlflowClient, str]:
     uri = resolve_tracking_uri(experiment.tracking_uri)
-    return MlflowClient(tracking_uri=uri), uri
+    source = "the experiment's tracking_uri" if experiment.tracking_uri else "MLFLOW_TRACKING_URI"
+    return store(uri, source), uri
 
 
 def create_experiment(tree: Mapping[str, Any], output: str | Path) -> dict[str, Any]:
@@ -97,7 +105,7 @@ def start_pretrain_run(tracking_uri: str, experiment: str, run: str, run_dir: st
     from mec import checkpoint as ckpt
     from mec.config import build_config
 
-    client = MlflowClient(tracking_uri)
+    client = store(tracking_uri)
     resumable = ckpt.find_resumable(Path(run_dir) / "checkpoints")
     resume_from = resumable[1].get(ckpt.RUN_ID_KEY) if resumable else None
     run_id = _owned_run(client, ensure_experiment(client, experiment), Path(run_dir), run, tags, resume_from)
@@ -112,7 +120,7 @@ def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: st
     experiment = build_experiment(tree)
     spec = experiment.evaluation(evaluation)
     pre = read_record(pretrain_record)
-    client = MlflowClient(tracking_uri)
+    client = store(tracking_uri)
     tags = {"mec.stage": "evaluate", "mec.evaluation": evaluation, "mec.protocol": spec.protocol, "mec.run": run,
             PRETRAIN_RUN_TAG: pre["run_id"], PARENT_RUN_TAG: pre["run_id"]}
     run_id = _owned_run(client, ensure_experiment(client, experiment.name), experiment.eval_dir(evaluation, run),
@@ -133,7 +141,7 @@ def record_attempts(tracking_uri: str, run_id: str, launches: list[dict[str, Any
     tags = {key: str(last[key]) for key in ("cluster", "job_id", "folder", "stdout", "stderr") if last.get(key)}
     tags["job_ids"] = ",".join(dict.fromkeys(str(entry["job_id"]) for entry in launches if entry.get("job_id")))
     tags["attempts"] = str(sum(entry["event"] in ("submitted", "restarted", "inline") for entry in launches))
-    client = MlflowClient(tracking_uri)
+    client = store(tracking_uri)
     from mlflow.entities import RunTag
 
     client.log_batch(run_id, tags=[RunTag(f"launcher.{key}", value) for key, value in tags.items()])
@@ -143,7 +151,7 @@ def finish_run(tracking_uri: str, run_id: str, journal: str, launches: list[dict
                artifacts: dict[str, str] | None = None) -> None:
     """Replay what the job could not deliver (server away, killed between flushes), log artifacts, FINISHED."""
     record_attempts(tracking_uri, run_id, launches)
-    client = MlflowClient(tracking_uri)
+    client = store(tracking_uri)
     replay_journal(client, run_id, Path(journal))
     logged = {a.path for a in client.list_artifacts(run_id)}
     for path, folder in (artifacts or {}).items():
@@ -156,7 +164,7 @@ def fail_run(tracking_uri: str, run_id: str, journal: str, launches: list[dict[s
              log_file: str | None) -> None:
     """End a stage's run FAILED (or KILLED when interrupted), keeping what the job logged and saying why."""
     record_attempts(tracking_uri, run_id, launches)
-    client = MlflowClient(tracking_uri)
+    client = store(tracking_uri)
     if Path(journal).exists():
         replay_journal(client, run_id, Path(journal))
     client.set_tag(run_id, "mec.failure", reason[:4000])

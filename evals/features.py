@@ -1,7 +1,7 @@
 """Frozen features extracted once per (backbone file, data split) and reused by every protocol that needs them.
 
 kNN, t-SNE and transfer classification all read the same [N, D] features. The cache key hashes the backbone
-file's bytes and the data identity (`mec.data.data_identity`: data set, root, split, transform), so a
+file's bytes and the data identity (`mec.config.data_identity`: data set, root, split, transform), so a
 retrained backbone or a changed data set never reuses stale features. Files are written atomically and read
 with ``weights_only=True``.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 from evals.job import load_frozen_backbone
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform
-from mec.config import Config
-from mec.data import build_eval_dataset, build_loader, data_identity
+from mec.config import Config, data_identity
+from mec.data import build_eval_dataset, build_loader
 from mec.monitor import Features, extract_features
 from mec.run import select_device
 

@@ -34,7 +34,7 @@ from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import balanced_subset
 from mec import checkpoint as ckpt
 from mec.augment import IMAGENET_MEAN, IMAGENET_STD
-from mec.data import data_identity
+from mec.config import data_identity
 from mec.monitor import Features
 from mec.run import select_device
 

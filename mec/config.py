@@ -7,6 +7,8 @@ these defaults. Unknown keys and bad values stop with one message naming the key
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +65,22 @@ class DataConfig(_Section):
         d = self.digits
         return {"size": d.size, "variants_train": d.variants_train, "variants_val": d.variants_val,
                 "val_fraction": d.val_fraction, "seed": d.seed, **d.options}
+
+
+def data_identity(data: DataConfig | None = None, *, length: int = 24, **extra: Any) -> str:
+    """A hex digest naming what a data set holds: the config's data set, resolved root and digit rendering,
+    plus ``extra`` (split, transform, backbone digest, ...; a `Path` value counts by its resolved form).
+
+    Feature caches and label splits are named by it (the Snakefile too, when it names the split files: hence
+    here, where importing it costs no torch), so a changed root or rendering never reuses stale files.
+    ``data`` None: ``extra`` alone (a data set described otherwise, as transfer's torchvision sets are).
+    """
+    identity: dict[str, Any] = {}
+    if data is not None:
+        identity = {"data": data.name, "root": str(Path(data.root).resolve()),
+                    "digits": data.digits_params() if data.name == "digits" else None}
+    identity |= {key: str(value.resolve()) if isinstance(value, Path) else value for key, value in extra.items()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:length]
 
 
 class ModelConfig(_Section):

@@ -13,8 +13,6 @@ Supported names and on-disk layouts (`root` is the data root of the config):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import signal
 from collections.abc import Callable
@@ -28,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.utils import check_integrity
 
-from mec.config import ConfigError, DataConfig
+from mec.config import ConfigError
 from mec.digits import write_digit_folders
 
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder", "places365")
@@ -258,21 +256,6 @@ def build_eval_dataset(
     The same images as pretraining: evaluations differ only in the transform they pass.
     """
     return _build_dataset(name, root, transform, split, download, digits_params, verify_checksums)
-
-
-def data_identity(data: DataConfig | None = None, *, length: int = 24, **extra: Any) -> str:
-    """A hex digest naming what a data set holds: the config's data set, resolved root and digit rendering,
-    plus ``extra`` (split, transform, backbone digest, ...; a `Path` value counts by its resolved form).
-
-    Feature caches and label splits are named by it, so a changed root or rendering never reuses stale files.
-    ``data`` None: ``extra`` alone (a data set described otherwise, as transfer's torchvision sets are).
-    """
-    identity: dict[str, Any] = {}
-    if data is not None:
-        identity = {"data": data.name, "root": str(Path(data.root).resolve()),
-                    "digits": data.digits_params() if data.name == "digits" else None}
-    identity |= {key: str(value.resolve()) if isinstance(value, Path) else value for key, value in extra.items()}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:length]
 
 
 # What SLURM sends to every process of a job step (preemption, time limit, scancel, Ctrl-C under srun).

@@ -15,8 +15,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from mec.augment import build_two_view, eval_transform
-from mec.config import ConfigError, DataConfig
-from mec.data import DataIntegrityError, build_eval_dataset, build_loader, build_pretrain_dataset, data_identity
+from mec.config import ConfigError, DataConfig, data_identity
+from mec.data import DataIntegrityError, build_eval_dataset, build_loader, build_pretrain_dataset
 from mec.digits import DigitStyle, paste_digit, render_digit_image, write_digit_folders
 
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]

@@ -232,3 +232,27 @@ def test_a_stage_whose_tracking_server_is_away_stops_in_seconds_naming_it(tmp_pa
         stages.create_experiment(tree, tmp_path / "record.json")
     assert time.monotonic() - started < 30  # MLflow's own retries took about 258 s
     assert not (tmp_path / "record.json").exists()
+
+
+def test_label_splits_are_written_by_their_own_rule_before_the_evaluations_that_read_them(tmp_path):
+    mec_config = write_tiny_mec_config(tmp_path)  # 16 images per class, two classes
+    experiment = tmp_path / "experiment.yaml"
+    tree = {
+        "experiment": "split-test", "output": str(tmp_path / "results"), "launcher": "local",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "pretrain": {"a": {"config": str(mec_config), "seeds": [0, 1]}},
+        "evaluate": {"few": {"protocol": "linear_probe", "runs": ["a"], "fraction": 0.25},
+                     "few_ft": {"protocol": "finetune", "runs": ["a"], "fraction": 0.25}},
+    }
+    experiment.write_text(yaml.safe_dump(tree))
+    split = build_experiment(tree, root=tmp_path).split_file("a_s0", 0.25)
+    # Both seeds and both protocols read one file, written by one job of its own rule.
+    dry = _snakemake(tmp_path, "-n", "--configfile", str(experiment))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert dry.stdout.count("rule label_split:") == 1 and str(split.name) in dry.stdout
+    made = _snakemake(tmp_path, str(split), "--cores", "1", "--configfile", str(experiment))
+    assert made.returncode == 0, made.stderr[-3000:]
+    lines = split.read_text().splitlines()
+    assert len(lines) == 8 and {line.split("/")[0] for line in lines} == {"bar", "disc"}  # 4 of 16 per class
+    again = _snakemake(tmp_path, str(split), "-n", "--configfile", str(experiment))
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import PROTOCOLS
-from mec.config import Config, ConfigError, load_config
+from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
 
@@ -84,6 +84,28 @@ class Experiment:
 
     def eval_records(self) -> list[Path]:
         return [self.eval_record(e.name, run) for e in self.evaluations.values() for run in e.runs]
+
+    def split_file(self, run: str, fraction: float, seed: int = 0) -> Path:
+        """The class-balanced label subset an evaluation with ``fraction`` reads for ``run``: named by the data
+        identity, so every run and method on the same data reads the same file (a declared output of its own rule)."""
+        data = self.config_for(run).data
+        return self.output / "splits" / f"{data.name}-{data_identity(data, length=10)}-{fraction:g}-seed{seed}.txt"
+
+    def label_splits(self) -> dict[str, tuple[str, float]]:
+        """Every split file the evaluations read (its name without ``.txt``) -> (a run on its data, fraction)."""
+        splits: dict[str, tuple[str, float]] = {}
+        for evaluation in self.evaluations.values():
+            if evaluation.fraction is not None and "split" not in evaluation.options:
+                for run in evaluation.runs:
+                    splits.setdefault(self.split_file(run, evaluation.fraction).stem, (run, evaluation.fraction))
+        return splits
+
+    def split_inputs(self, evaluation: str, run: str) -> list[str]:
+        """The split file an evaluation of ``run`` needs, if any (the evaluate rule's input)."""
+        spec = self.evaluation(evaluation)
+        if spec.fraction is None or "split" in spec.options:
+            return []
+        return [str(self.split_file(run, spec.fraction))]
 
     def config_for(self, run: str, **extra: Any) -> Config:
         """The run's typed `mec` config, with the output folder, seed and MLflow names the workflow owns."""

@@ -269,6 +269,19 @@ def evaluate(experiment_file: str | Path, evaluation: str, run: str, pretrain_re
     return out
 
 
+def write_split(tree: Mapping[str, Any], run: str, fraction: float, output: Path) -> int:
+    """The label_split rule: a short local step (it reads the data set's file list), no job."""
+    from workflow.stages import label_split
+
+    experiment = build_experiment(tree)
+    written = label_split(experiment, run, fraction)
+    if written.resolve() != output.resolve():
+        raise StageError(f"split file {output} is not the one the experiment names for run {run} ({written})")
+    log.info("label split %s: %d images (%g of run %s's training set)", written,
+             len(written.read_text().splitlines()), fraction, run)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow.stage", description=__doc__.split("\n")[0])
     parser.add_argument("--log", help="also write this command's lines to this file (the rule's log)")
@@ -276,6 +289,11 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="create the MLflow experiment; record it with the experiment config")
     exp.add_argument("--config", required=True, help="the experiment config as JSON")
     exp.add_argument("--output", required=True)
+    split = sub.add_parser("split", help="write the class-balanced label subset of a run's training set")
+    split.add_argument("--config", required=True, help="the experiment config as JSON")
+    split.add_argument("--run", required=True, help="a pretraining run on the data to split")
+    split.add_argument("--fraction", required=True, type=float)
+    split.add_argument("--output", required=True, help="the split file (must be the one the experiment names)")
     pre = sub.add_parser("pretrain", help="pretrain one run")
     ev = sub.add_parser("evaluate", help="evaluate one run's backbone with one evaluation")
     ev.add_argument("--evaluation", required=True)
@@ -323,6 +341,8 @@ def _run(args: argparse.Namespace) -> int:
         log.info("MLflow experiment %s (id %s) in %s", record["experiment"], record["experiment_id"],
                  record["tracking_uri"])
         return 0
+    if args.stage == "split":
+        return write_split(json.loads(args.config), args.run, args.fraction, Path(args.output))
     tree = json.loads(args.config) if args.config else None
     if args.stage == "pretrain":
         pretrain(args.experiment, args.run, args.output, json.loads(args.resources), tree)

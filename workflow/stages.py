@@ -127,7 +127,7 @@ def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: st
                         f"{evaluation}/{run}", tags)
     options = dict(spec.options)
     if spec.fraction is not None and "split" not in options:
-        options["split"] = str(label_split(experiment, pre["config"], spec.fraction).resolve())
+        options["split"] = str(label_split(experiment, run, spec.fraction).resolve())
     log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
                | {"eval.protocol": spec.protocol, "eval.backbone": pre["backbone"]})
     return {"run_id": run_id, "options": options}
@@ -212,23 +212,21 @@ def evaluate_job(fields: dict[str, Any]) -> dict[str, float]:
     return run_protocol(EvalJob(**fields))
 
 
-def label_split(experiment: Experiment, config_tree: dict[str, Any], fraction: float, seed: int = 0) -> Path:
-    """The class-balanced ``fraction`` subset of the run's training set, written once and shared by every run.
+def label_split(experiment: Experiment, run: str, fraction: float, seed: int = 0) -> Path:
+    """The class-balanced ``fraction`` subset of ``run``'s training set (`Experiment.split_file`), written once.
 
-    The file is named by the data identity, so runs on the same data (all methods, all seeds) read the same
-    images; it is never rewritten once it exists.
+    Runs on the same data (all methods, all seeds) read the same images; the file is never rewritten once it
+    exists. The DAG's label_split rule writes it before any evaluation that reads it starts.
     """
     from evals.splits import balanced_subset, split_lines_for, write_split
-    from mec.config import build_config
-    from mec.data import build_eval_dataset, data_identity
+    from mec.data import build_eval_dataset
 
-    data = build_config(config_tree).data
-    tag = data_identity(data, length=10)
-    path = experiment.output / "splits" / f"{data.name}-{tag}-{fraction:g}-seed{seed}.txt"
+    path = experiment.split_file(run, fraction, seed)
     if path.exists():
         return path
+    data = experiment.config_for(run).data
     dataset = build_eval_dataset(data.name, data.root, None, "train", download=data.download,
-                                 digits_params=data.digits_params())
+                                 digits_params=data.digits_params(), verify_checksums=data.verify_checksums)
     samples = getattr(dataset, "samples", None)
     indices = balanced_subset(list(dataset.targets), fraction, seed)
     root = Path(dataset.root) if samples is not None else None

@@ -9,6 +9,7 @@ from workflow.dag import STAGE, Untracked, job_threads, stage_resources, where_r
 wildcard_constraints:
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     evaluation=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    split=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 STAGE_COMMAND = Untracked(STAGE)

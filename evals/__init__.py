@@ -14,6 +14,14 @@ PROTOCOLS = {
     "transfer": "evals.transfer",
 }
 
+# protocol -> the splits of the evaluated run's data whose frozen features it reads (`evals.features`). The DAG
+# extracts each (run, split) once, in a features job of its own, before the evaluations that read it start.
+# (transfer reads features of other data sets and extracts them itself.)
+FEATURE_SPLITS: dict[str, tuple[str, ...]] = {
+    "knn": ("train", "val"),
+    "tsne": ("train",),
+}
+
 
 def run_protocol(job: Any) -> dict[str, float]:
     """Entry point of an evaluation job (what the launcher pickles): import the protocol and run it."""

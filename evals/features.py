@@ -1,18 +1,26 @@
 """Frozen features extracted once per (backbone file, data split) and reused by every protocol that needs them.
 
-kNN, t-SNE and transfer classification all read the same [N, D] features. The cache key hashes the backbone
-file's bytes and the data identity (`mec.config.data_identity`: data set, root, split, transform), so a
-retrained backbone or a changed data set never reuses stale features. Files are written atomically and read
-with ``weights_only=True``.
+kNN and t-SNE read the same [N, D] features of the evaluated run's data (which splits: `evals.FEATURE_SPLITS`).
+Each file stores, beside the features and labels, what they were computed from: the backbone file's sha256 and
+the data identity (`mec.config.data_identity`: data set, root, split, transform), checked whenever it is read.
+
+- In the DAG, a ``features`` job of its own writes ``<output>/features/<run>/<split>.pt`` (`write_features`)
+  and the evaluations are given that path (``EvalJob.features``); a file there computed from another backbone
+  or data is refused, naming the file and what was expected (`read_features`).
+- Without the DAG (a protocol called directly), features go to a content-keyed cache under
+  ``EvalJob.feature_cache`` (`cached_features`), whose name hashes the same identity; a stale file there is
+  extracted again.
+
+Files are written atomically (`mec.checkpoint.save_checkpoint`) and read with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from evals.job import load_frozen_backbone
+from evals.job import EvalJob, load_frozen_backbone
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform
 from mec.config import Config, data_identity
@@ -23,28 +31,51 @@ from mec.run import select_device
 log = logging.getLogger(__name__)
 
 
+class StaleFeaturesError(RuntimeError):
+    """A feature file computed from another backbone or data than the one it is read for."""
+
+
+def provenance(backbone: Path, cfg: Config, split: str) -> dict[str, str]:
+    """What features of ``split`` under ``backbone`` are computed from: the file's bytes and the data identity."""
+    data = cfg.data
+    return {"backbone_sha256": ckpt.file_sha256(backbone),
+            "data_identity": data_identity(data, split=split, transform=[data.augment, data.image_size])}
+
+
 def feature_key(backbone: Path, cfg: Config, split: str) -> str:
+    """The content-keyed cache's name for these features (the lazy path, without the DAG)."""
     data = cfg.data
     return data_identity(data, backbone_sha256=ckpt.file_sha256(backbone), split=split,
                          transform=[data.augment, data.image_size])
 
 
-def load_or_extract(path: Path, extract: Callable[[], Features], what: str) -> tuple[Features, bool]:
-    """The features stored at ``path``, or ``extract()``-ed and stored there; the flag says "from the cache"."""
+def load_or_extract(path: Path, extract: Callable[[], Features], what: str,
+                    expected: Mapping[str, str] | None = None, *, strict: bool = False) -> tuple[Features, bool]:
+    """The features stored at ``path``, or ``extract()``-ed and stored there; the flag says "from the cache".
+
+    ``expected``: the provenance the stored file must carry (`provenance`), stored with new features. A file
+    without it is extracted again, or with ``strict`` refused (`StaleFeaturesError` naming the file).
+    """
+    expected = dict(expected or {})
     if path.exists():
         stored = ckpt.load_checkpoint(path, required_keys=("features", "labels"))
-        log.info("reusing cached %s features %s", what, path)
-        return Features(stored["features"], stored["labels"]), True
+        found = {key: stored.get(key) for key in expected}
+        if found == expected:
+            log.info("reusing cached %s features %s", what, path)
+            return Features(stored["features"], stored["labels"]), True
+        mismatch = "; ".join(f"{key} {found[key]} where {value} was expected" for key, value in expected.items()
+                             if found[key] != value)
+        if strict:
+            raise StaleFeaturesError(f"feature file {path} was computed from another backbone or data ({mismatch}); "
+                                     "delete it, or rerun the rule that writes it")
+        log.warning("%s features %s are stale (%s): extracting them again", what, path, mismatch)
     features = extract()
-    ckpt.save_checkpoint(path, {"features": features.features, "labels": features.labels})
+    ckpt.save_checkpoint(path, {"features": features.features, "labels": features.labels, **expected})
     log.info("extracted %s features %s -> %s", what, tuple(features.features.shape), path)
     return features, False
 
 
-def cached_features(backbone: Path, cfg: Config, split: str, cache_dir: Path) -> tuple[Features, bool]:
-    """Features of ``split`` under ``backbone``; the flag says whether they came from the cache."""
-    path = Path(cache_dir) / f"{split}-{feature_key(Path(backbone), cfg, split)}.pt"
-
+def _extractor(backbone: Path, cfg: Config, split: str) -> Callable[[], Features]:
     def extract() -> Features:
         net, _ = load_frozen_backbone(backbone, cfg)
         device = select_device()
@@ -57,11 +88,31 @@ def cached_features(backbone: Path, cfg: Config, split: str, cache_dir: Path) ->
                               seed=0, distributed=False)
         return extract_features(net.to(device), loader, device)
 
-    return load_or_extract(path, extract, split)
+    return extract
 
 
-def train_val_features(backbone: Path, cfg: Config, cache_dir: Path) -> tuple[Features, Features, bool]:
-    train, hit_train = cached_features(backbone, cfg, "train", cache_dir)
-    val, hit_val = cached_features(backbone, cfg, "val", cache_dir)
-    return train, val, hit_train and hit_val
+def write_features(path: Path, backbone: Path, cfg: Config, split: str) -> tuple[Features, bool]:
+    """The features job: ``split`` under ``backbone`` at ``path``, kept if already there, else (re)extracted."""
+    backbone = Path(backbone)
+    return load_or_extract(Path(path), _extractor(backbone, cfg, split), split, provenance(backbone, cfg, split))
 
+
+def read_features(path: Path, backbone: Path, cfg: Config, split: str) -> tuple[Features, bool]:
+    """Features an evaluation was given the file of: refused if computed from another backbone or data
+    (`StaleFeaturesError`); extracted there if missing (an evaluation run outside the DAG)."""
+    backbone = Path(backbone)
+    return load_or_extract(Path(path), _extractor(backbone, cfg, split), split, provenance(backbone, cfg, split),
+                           strict=True)
+
+
+def cached_features(backbone: Path, cfg: Config, split: str, cache_dir: Path) -> tuple[Features, bool]:
+    """Features of ``split`` under ``backbone`` from the content-keyed cache; the flag says "from the cache"."""
+    backbone = Path(backbone)
+    return write_features(Path(cache_dir) / f"{split}-{feature_key(backbone, cfg, split)}.pt", backbone, cfg, split)
+
+
+def job_features(job: EvalJob, split: str) -> tuple[Features, bool]:
+    """An evaluation's features of ``split``: the file it was given (``job.features``), else the cache's."""
+    if split in job.features:
+        return read_features(Path(job.features[split]), Path(job.backbone), job.cfg, split)
+    return cached_features(Path(job.backbone), job.cfg, split, Path(job.feature_cache))

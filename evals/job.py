@@ -31,6 +31,9 @@ class EvalJob:
     config: dict[str, Any]  # the pretraining run's resolved `mec` config: data set, image size, architecture
     output_dir: str  # the protocol's checkpoints and journal
     feature_cache: str  # shared by all protocols of an experiment: features extracted once per backbone
+    # split -> the feature file the DAG's features rule wrote for this backbone (`evals.features.job_features`);
+    # a split not named here comes from the content-keyed cache under feature_cache
+    features: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None  # MLflow run created by the rule
     tracking_uri: str | None = None

@@ -1,9 +1,10 @@
 """t-SNE of frozen training-set features (paper Figure 4, appendix B), with openTSNE.
 
-Per backbone: the training-set features (from the shared cache, so kNN and t-SNE extract them once), at most
-``max_points`` of them (a class-balanced, seeded subset; the paper embeds all 50,000 CIFAR-10 images, which
-``max_points: null`` does), embedded in 2-D and saved as ``embedding.npz`` and a PNG coloured by class. The
-study's multi-panel figure (e.g. eps = 0.12 next to eps = 0.01) is drawn from these files by the tables stage.
+Per backbone: the training-set features (`evals.FEATURE_SPLITS`; the DAG's features job or the shared cache, so
+kNN and t-SNE extract them once), at most ``max_points`` of them (a class-balanced, seeded subset; the paper
+embeds all 50,000 CIFAR-10 images, which ``max_points: null`` does), embedded in 2-D and saved as
+``embedding.npz`` and a PNG coloured by class. The study's multi-panel figure (e.g. eps = 0.12 next to
+eps = 0.01) is drawn from these files by the tables stage.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evals.features import cached_features
+from evals import FEATURE_SPLITS
+from evals.features import job_features
 from evals.job import EvalJob
 from evals.splits import balanced_subset
 
@@ -61,7 +63,8 @@ def evaluate(job: EvalJob) -> dict[str, float]:
 def _embed_and_draw(job: EvalJob) -> tuple[dict[str, float], Path]:
     max_points = job.option("max_points", 2000)
     seed = int(job.option("seed", 0))
-    train, reused = cached_features(Path(job.backbone), job.cfg, "train", Path(job.feature_cache))
+    (split,) = FEATURE_SPLITS["tsne"]
+    train, reused = job_features(job, split)
     labels = train.labels.numpy()
     feats = train.features.numpy()
     if max_points is not None and len(labels) > max_points:

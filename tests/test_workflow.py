@@ -163,8 +163,9 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
         assert ev_tags["mlflow.parentRunId"] == record["run_id"] == ev_tags["mec.pretrain_run_id"]
         assert 0.0 <= client.get_run(ev["run_id"]).data.metrics["knn/top1_k5"] <= 1.0
 
-    # Features were extracted once per backbone; a second protocol run on them reuses the cache.
-    assert len(list((results / "features").glob("*.pt"))) == 2 * 3
+    # Features were extracted once per (backbone, split) by the features rule, the evaluations only read them.
+    assert sorted(str(p.relative_to(results / "features")) for p in (results / "features").rglob("*.pt")) == \
+        [f"{run}/{split}.pt" for run in ("a_s0", "a_s1", "b_s0") for split in ("train", "val")]
     summary = (results / "tables" / "summary.csv").read_text()
     for record in records.values():
         assert record["run_id"] in summary
@@ -255,4 +256,90 @@ def test_label_splits_are_written_by_their_own_rule_before_the_evaluations_that_
     lines = split.read_text().splitlines()
     assert len(lines) == 8 and {line.split("/")[0] for line in lines} == {"bar", "disc"}  # 4 of 16 per class
     again = _snakemake(tmp_path, str(split), "-n", "--configfile", str(experiment))
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _planned(dry_run_output: str) -> list[dict[str, str]]:
+    """The jobs of a dry run: rule name and its ``input:``/``output:``/``wildcards:`` lines."""
+    jobs: list[dict[str, str]] = []
+    for line in dry_run_output.splitlines():
+        if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":"):
+            jobs.append({"rule": line.split()[1].rstrip(":")})
+        elif jobs and line.startswith("    ") and ":" in line:
+            key, value = line.strip().split(":", 1)
+            jobs[-1].setdefault(key, value.strip())
+    return jobs
+
+
+def _wildcards(job: dict[str, str]) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in job.get("wildcards", "").split(", ") if "=" in part)
+
+
+def test_features_are_declared_outputs_of_their_own_rule_that_knn_and_tsne_read(tmp_path):
+    """One features job per (run, split) some evaluation reads, none for the runs no feature-reading evaluation
+    evaluates; the kNN and t-SNE evaluations take them as input, the others do not."""
+    dry = _snakemake(tmp_path, "-n", "--cores", "2")  # the default experiment
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = _planned(dry.stdout)
+    features = {(w["run"], w["split"]): job["output"] for job in jobs if job["rule"] == "features"
+                for w in [_wildcards(job)]}
+    assert sorted(features) == [("digits_s0", "train"), ("digits_s0", "val"), ("eps_study_eps0.01_s0", "train"),
+                                ("eps_study_eps0.12_s0", "train"), ("random_init_s0", "train"),
+                                ("random_init_s0", "val")]
+    assert features[("digits_s0", "val")] == "results/mec-digits/features/digits_s0/val.pt"
+    for job in jobs:
+        if job["rule"] == "evaluate":
+            w = _wildcards(job)
+            wanted = {"knn": ("train", "val"), "tsne": ("train",)}.get(w["evaluation"], ())
+            read = sorted(path for path in job["input"].split(", ") if "/features/" in path)
+            assert read == sorted(features[(w["run"], split)] for split in wanted), job
+
+    # A group that only a linear probe evaluates gets no features job.
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(yaml.safe_dump({
+        "experiment": "feat", "output": str(tmp_path / "out"),
+        "pretrain": {"a": {"config": "digits"}, "b": {"config": "digits"}, "c": {"config": "digits"}},
+        "evaluate": {"knn": {"runs": ["a"]}, "tsne": {"runs": ["a", "b"]},
+                     "linear": {"protocol": "linear_probe", "runs": ["a", "b", "c"]}},
+    }))
+    dry = _snakemake(tmp_path, "-n", "--configfile", str(experiment))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned = sorted((w["run"], w["split"]) for job in _planned(dry.stdout) if job["rule"] == "features"
+                     for w in [_wildcards(job)])
+    assert planned == [("a_s0", "train"), ("a_s0", "val"), ("b_s0", "train")]  # a_s0/train: once, for knn and tsne
+
+
+def test_the_features_rule_extracts_a_runs_features_through_the_launcher(tmp_path):
+    import torch
+
+    from mec.checkpoint import export_backbone, file_sha256
+    from mec.train import build_backbone_from_config
+
+    mec_config = write_tiny_mec_config(tmp_path, per_class=4)
+    experiment = tmp_path / "experiment.yaml"
+    tree = {"experiment": "features-rule", "output": str(tmp_path / "results"), "launcher": "local",
+            "pretrain": {"r": {"config": str(mec_config)}}, "evaluate": {"knn": {"runs": ["r"]}}}
+    experiment.write_text(yaml.safe_dump(tree))
+    exp = build_experiment(tree)
+    # The pretraining run's records as its rules leave them (the stage itself is tested elsewhere).
+    cfg = exp.config_for("r_s0")
+    backbone = export_backbone(build_backbone_from_config(cfg).state_dict(), exp.pretrain_dir("r_s0") / "backbone.pt",
+                               {"arch": cfg.model.arch})
+    (exp.output / "mlflow_experiment.json").write_text(json.dumps({"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}))
+    exp.pretrain_record("r_s0").write_text(json.dumps({"run_id": "0" * 32, "backbone": str(backbone),
+                                                       "config": cfg.model_dump(mode="json")}))
+    target = exp.feature_file("r_s0", "train")
+    made = _snakemake(tmp_path, str(target), "--cores", "1", "--configfile", str(experiment))
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert made.stderr.count("rule ") == 1, made.stderr[-3000:]  # the features job alone
+
+    stored = torch.load(target, weights_only=True)
+    assert stored["features"].shape[0] == stored["labels"].shape[0] == 8
+    assert stored["backbone_sha256"] == file_sha256(backbone)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["train", "train.pt"]  # no temporary file beside it
+    (launch,) = [json.loads(line) for line in (target.parent / "train" / "launches.jsonl").read_text().splitlines()]
+    assert launch["event"] == "submitted" and launch["cluster"] == "local"
+    rule_log = (exp.output / "logs" / "features" / "r_s0" / "train.log").read_text()
+    assert "submitted local job" in rule_log and "features of run r_s0 on train: [8, " in rule_log
+    again = _snakemake(tmp_path, str(target), "-n", "--configfile", str(experiment))
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals import PROTOCOLS
+from evals import FEATURE_SPLITS, PROTOCOLS
 from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
@@ -106,6 +106,30 @@ class Experiment:
         if spec.fraction is None or "split" in spec.options:
             return []
         return [str(self.split_file(run, spec.fraction))]
+
+    def feature_file(self, run: str, split: str) -> Path:
+        """Frozen features of ``run``'s backbone on ``split``: a declared output of the features rule."""
+        return self.output / "features" / run / f"{split}.pt"
+
+    def feature_job_dir(self, run: str, split: str) -> Path:
+        """The features job's submitit logs and launches.jsonl."""
+        return self.output / "features" / run / split
+
+    def feature_splits(self, evaluation: str) -> tuple[str, ...]:
+        """The splits whose features the evaluation's protocol reads (`evals.FEATURE_SPLITS`)."""
+        return FEATURE_SPLITS.get(self.evaluation(evaluation).protocol, ())
+
+    def feature_inputs(self, evaluation: str, run: str) -> list[str]:
+        """The feature files an evaluation of ``run`` reads (the evaluate rule's input)."""
+        return [str(self.feature_file(run, split)) for split in self.feature_splits(evaluation)]
+
+    def feature_reader(self, run: str, split: str) -> Evaluation:
+        """The first evaluation (in config order) that reads ``run``'s ``split`` features: its resources are
+        the features job's."""
+        for evaluation in self.evaluations.values():
+            if run in evaluation.runs and split in self.feature_splits(evaluation.name):
+                return evaluation
+        raise ConfigError(f"no evaluation of experiment {self.name!r} reads the {split!r} features of run {run!r}")
 
     def config_for(self, run: str, **extra: Any) -> Config:
         """The run's typed `mec` config, with the output folder, seed and MLflow names the workflow owns."""

@@ -1,4 +1,4 @@
-"""The command a heavy Snakemake rule runs: ``python -m workflow.stage {experiment,pretrain,evaluate} ...``.
+"""The command a heavy Snakemake rule runs: ``python -m workflow.stage {experiment,pretrain,features,evaluate} ...``.
 
 Its process submits the stage's job (workflow.launch) and waits for it, so it stays light: it imports submitit
 and the experiment config, never torch or MLflow (a login node may hold dozens of them, one per rule in flight).
@@ -110,13 +110,15 @@ class Launches:
         return None
 
 
-def run_job(target: str, args: tuple[Any, ...], *, spec: LaunchSpec, run_dir: Path, uri: str,
-            run_id: str) -> tuple[Any, LaunchRecord]:
-    """Run one stage's job as ``spec`` says and wait for it, recording every attempt; returns (result, record)."""
+def run_job(target: str, args: tuple[Any, ...], *, spec: LaunchSpec, run_dir: Path, uri: str | None = None,
+            run_id: str | None = None) -> tuple[Any, LaunchRecord]:
+    """Run one stage's job as ``spec`` says and wait for it, recording every attempt (in ``run_dir``, and as tags
+    of the MLflow run ``run_id`` if the stage has one); returns (result, record)."""
     launches = Launches(run_dir)
 
     def record_attempts(entries: list[dict[str, Any]]) -> None:
-        bookkeeping_in_background("record_attempts", tracking_uri=uri, run_id=run_id, launches=entries)
+        if run_id is not None:
+            bookkeeping_in_background("record_attempts", tracking_uri=uri, run_id=run_id, launches=entries)
 
     if spec.cluster == "inline" or (spec.cluster == "slurm" and inside_slurm_allocation()):
         record = LaunchRecord(cluster="slurm-allocation" if spec.cluster == "slurm" else "inline",
@@ -155,18 +157,20 @@ def run_job(target: str, args: tuple[Any, ...], *, spec: LaunchSpec, run_dir: Pa
                           f"log {record.stdout}", log=record.stderr) from None
 
 
-def tracked(uri: str, run_id: str, run_dir: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Do a stage's work; on any failure or interrupt, end its MLflow run FAILED or KILLED, then re-raise."""
+def tracked(uri: str | None, run_id: str | None, run_dir: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Do a stage's work; on any failure or interrupt, end its MLflow run (if it has one) FAILED or KILLED, then
+    re-raise as one line."""
     try:
         return work()
     except BaseException as exc:
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         reason = one_line(exc) or ("interrupted" if interrupted else type(exc).__name__)
         try:
-            bookkeeping("fail_run", tracking_uri=uri, run_id=run_id, journal=str(run_dir / "metrics.jsonl"),
-                        launches=Launches(run_dir).read(),
-                        status="KILLED" if interrupted else "FAILED", reason=str(exc) or reason,
-                        log_file=getattr(exc, "log", None))
+            if run_id is not None:
+                bookkeeping("fail_run", tracking_uri=uri, run_id=run_id, journal=str(run_dir / "metrics.jsonl"),
+                            launches=Launches(run_dir).read(),
+                            status="KILLED" if interrupted else "FAILED", reason=str(exc) or reason,
+                            log_file=getattr(exc, "log", None))
         except StageError as bookkeeping_error:
             log.error("%s; the MLflow run %s may still say RUNNING", bookkeeping_error, run_id)
         if interrupted:
@@ -249,7 +253,9 @@ def evaluate(experiment_file: str | Path, evaluation: str, run: str, pretrain_re
     run_id = started["run_id"]
     fields = {"protocol": spec_eval.protocol, "backbone": pre["backbone"], "config": pre["config"],
               "output_dir": str(out_dir.resolve()), "feature_cache": str((experiment.output / "features").resolve()),
-              "options": started["options"], "run_id": run_id, "tracking_uri": uri, "experiment": experiment.name}
+              "options": started["options"], "run_id": run_id, "tracking_uri": uri, "experiment": experiment.name,
+              "features": {split: str(experiment.feature_file(run, split).resolve())
+                           for split in experiment.feature_splits(evaluation)}}
     record: LaunchRecord | None = None
 
     def work() -> dict[str, Any]:
@@ -267,6 +273,35 @@ def evaluate(experiment_file: str | Path, evaluation: str, run: str, pretrain_re
            "launches": Launches(out_dir).read()}
     write_json(Path(output), out)
     return out
+
+
+def features(tree: Mapping[str, Any], run: str, split: str, pretrain_record: str | Path, output: str | Path,
+             resources: Mapping[str, Any]) -> dict[str, Any]:
+    """The features rule: extract one run's backbone features on one split through the launcher, into
+    ``output`` (`Experiment.feature_file`), which every evaluation of the run that reads them is given. No
+    MLflow run: the file carries what it was computed from (`evals.features`)."""
+    experiment = build_experiment(tree)
+    experiment.feature_reader(run, split)  # some evaluation reads them (else: one line saying none does)
+    expected = experiment.feature_file(run, split)
+    if Path(output).resolve() != expected.resolve():
+        raise StageError(f"feature file {output} is not the one the experiment names for run {run}, split {split} "
+                         f"({expected})")
+    pre = json.loads(Path(pretrain_record).read_text())
+    job_dir = experiment.feature_job_dir(run, split)
+    record: LaunchRecord | None = None
+
+    def work() -> dict[str, Any]:
+        nonlocal record
+        spec = launch_spec(experiment, resources, job_dir / "submitit", f"features-{run}-{split}")
+        result, record = run_job("workflow.stages:features_job",
+                                 (pre["backbone"], pre["config"], split, str(Path(output).resolve())),
+                                 spec=spec, run_dir=job_dir)
+        return result
+
+    result = tracked(None, None, job_dir, work)
+    log.info("features of run %s on %s: %s -> %s (%s)", run, split, result["shape"], output,
+             "kept" if result["reused"] else "extracted")
+    return result
 
 
 def write_split(tree: Mapping[str, Any], run: str, fraction: float, output: Path) -> int:
@@ -294,6 +329,13 @@ def _parser() -> argparse.ArgumentParser:
     split.add_argument("--run", required=True, help="a pretraining run on the data to split")
     split.add_argument("--fraction", required=True, type=float)
     split.add_argument("--output", required=True, help="the split file (must be the one the experiment names)")
+    feat = sub.add_parser("features", help="extract one run's backbone features on one split")
+    feat.add_argument("--config", required=True, help="the experiment config as JSON")
+    feat.add_argument("--run", required=True)
+    feat.add_argument("--split", required=True)
+    feat.add_argument("--pretrain", required=True, help="the pretraining run's record")
+    feat.add_argument("--resources", default="{}", help="the rule's resources as JSON")
+    feat.add_argument("--output", required=True, help="the feature file (must be the one the experiment names)")
     pre = sub.add_parser("pretrain", help="pretrain one run")
     ev = sub.add_parser("evaluate", help="evaluate one run's backbone with one evaluation")
     ev.add_argument("--evaluation", required=True)
@@ -319,7 +361,7 @@ def _setup_logging(log_file: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log)
-    name = f"{args.stage} {getattr(args, 'evaluation', '') or ''} {getattr(args, 'run', '') or ''}".split()
+    name = [args.stage, *filter(None, (getattr(args, key, None) for key in ("evaluation", "run", "split")))]
     try:
         with interrupts_raise():  # SIGTERM (Snakemake or the login session killed) like Ctrl-C
             return _run(args)
@@ -343,6 +385,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "split":
         return write_split(json.loads(args.config), args.run, args.fraction, Path(args.output))
+    if args.stage == "features":
+        features(json.loads(args.config), args.run, args.split, args.pretrain, args.output,
+                 json.loads(args.resources))
+        return 0
     tree = json.loads(args.config) if args.config else None
     if args.stage == "pretrain":
         pretrain(args.experiment, args.run, args.output, json.loads(args.resources), tree)

@@ -4,8 +4,8 @@ A rule runs `python -m workflow.stage` (workflow/stage.py), whose process only s
 imports torch or MLflow. It calls the bookkeeping here (create or resume the stage's MLflow run, record every
 launch attempt, replay the journal and finish, or mark the run FAILED/KILLED) through ``python -m
 workflow.stages OPERATION`` (JSON in on stdin, JSON out in a file), and submits the job bodies
-(`pretrain_job`, `random_init_job`, `evaluate_job`) by name. The records (run id, metrics, where the job ran) are
-how Snakemake knows a stage is done; MLflow holds the full history.
+(`pretrain_job`, `random_init_job`, `features_job`, `evaluate_job`) by name. The records (run id, metrics, where
+the job ran) are how Snakemake knows a stage is done; MLflow holds the full history.
 """
 
 from __future__ import annotations
@@ -201,6 +201,17 @@ def random_init_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
         "source_checkpoint": "random_init", "mlflow_run_id": run_id, "config_name": cfg.name,
     })
     return {"run_id": run_id, "backbone": str(path), "metrics": {}}
+
+
+def features_job(backbone: str, config_tree: dict[str, Any], split: str, output: str) -> dict[str, Any]:
+    """Body of a features job: ``split``'s frozen features under ``backbone``, written atomically to ``output``
+    with what they were computed from (`evals.features.write_features`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from evals.features import write_features
+    from mec.config import build_config
+
+    features, reused = write_features(Path(output), Path(backbone), build_config(config_tree), split)
+    return {"path": output, "shape": list(features.features.shape), "reused": reused}
 
 
 def evaluate_job(fields: dict[str, Any]) -> dict[str, float]:

@@ -288,14 +288,12 @@ def features(tree: Mapping[str, Any], run: str, split: str, pretrain_record: str
                          f"({expected})")
     pre = json.loads(Path(pretrain_record).read_text())
     job_dir = experiment.feature_job_dir(run, split)
-    record: LaunchRecord | None = None
 
     def work() -> dict[str, Any]:
-        nonlocal record
         spec = launch_spec(experiment, resources, job_dir / "submitit", f"features-{run}-{split}")
-        result, record = run_job("workflow.stages:features_job",
-                                 (pre["backbone"], pre["config"], split, str(Path(output).resolve())),
-                                 spec=spec, run_dir=job_dir)
+        result, _ = run_job("workflow.stages:features_job",
+                            (pre["backbone"], pre["config"], split, str(Path(output).resolve())),
+                            spec=spec, run_dir=job_dir)
         return result
 
     result = tracked(None, None, job_dir, work)

@@ -53,8 +53,12 @@ def store(tmp_path):
     ids["lin800"] = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
                          {"linear/top1_best": 0.745}, parent=pre800)
     # Tables 3, 4, 8, 9: one run each, logged under the protocol names those tables read.
-    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "detection_voc0712", "mec.evaluation": "voc"},
-         {"detection/AP50": 0.82, "detection/AP": 0.57, "detection/AP75": 0.64}, parent=pre800)
+    # Table 3: VOC07+12 over two seeds at two learning rates (the search: the better lr's seeds fill the row).
+    for lr, ap50 in ((0.02, 0.82), (0.05, 0.80)):
+        for seed in (0, 1):
+            _run(client, exp_id, "evaluate", {"eval.recipe": "voc0712", "eval.lr": lr, "eval.seed": seed},
+                 {"mec.protocol": "detection", "mec.evaluation": f"voc_lr{lr}_s{seed}"},
+                 {"detection/AP50": ap50 + seed / 100, "detection/AP": 0.57, "detection/AP75": 0.64}, parent=pre800)
     _run(client, exp_id, "evaluate", {}, {"mec.protocol": "tracking_sot", "mec.evaluation": "sot"},
          {"tracking/AUC": 0.625}, parent=pre800)
     _run(client, exp_id, "evaluate", {"eval.dataset": "Food101"}, {"mec.protocol": "transfer",
@@ -99,7 +103,9 @@ def test_paper_tables_hold_values_spread_missing_cells_and_run_ids(store, tmp_pa
     assert _row(t8, "linear", "Food101")["ours"] == "75.6" and float(_row(t8, "linear", "Food101")["diff"]) == 0
     assert _row(t8, "linear", "DTD")["ours"] == "n/a" and float(_row(t8, "linear", "DTD")["paper"]) == 75.8
     t3 = pd.read_csv(tmp_path / "tables" / "table3_detection.csv", keep_default_na=False)
-    assert _row(t3, "VOC07+12", "AP50")["ours"] == "82.0" and _row(t3, "COCO", "AP")["ours"] == "n/a"
+    assert _row(t3, "VOC07+12", "AP50")["ours"] == "82.5 +- 0.7" and int(_row(t3, "VOC07+12", "AP50")["runs"]) == 2
+    assert _row(t3, "VOC07+12", "AP")["ours"] == "57.0 +- 0.0" and _row(t3, "COCO", "AP")["ours"] == "n/a"
+    assert _row(t3, "COCO", "mask AP")["ours"] == "n/a"
     t4 = pd.read_csv(tmp_path / "tables" / "table4_tracking.csv", keep_default_na=False)
     assert _row(t4, "SOT", "AUC")["ours"] == "62.5" and _row(t4, "MOT", "IDF1")["ours"] == "n/a"
     t7 = pd.read_csv(tmp_path / "tables" / "table7_strategies.csv", keep_default_na=False)

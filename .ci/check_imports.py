@@ -8,8 +8,11 @@ Reads every Python file, Snakefile and *.smk under the root (imports inside func
 maps each imported top-level module to its distribution through the installed packages' metadata (the Python
 that runs this script: CI runs it in the fresh virtual environment it installed the project into). Code that
 ships (mec/, evals/, workflow/, Snakefile, *.smk) must import only [project] dependencies; tests and benchmarks
-may also use the `test` extra. A module installed nowhere counts as its own distribution name, so it is reported
-unless declared under that name. Prints one line per problem and exits with status 1 when there is one.
+may also use the `test` extra. A distribution pip cannot resolve from the package registry (detectron2) is declared
+instead in [tool.mec-pipeline] built-dependencies, naming the project file that installs it: the modules that
+distribution provides count as declared everywhere. A module installed nowhere counts as its own distribution
+name, so it is reported unless declared under that name. Prints one line per problem and exits with status 1 when
+there is one.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ SKIP_DIRS = {".git", "results", "data", "build", "dist", ".snakemake", "mlruns",
              ".pytest_cache", "node_modules"}
 SHIPPED_PACKAGES = ("mec", "evals", "workflow")
 TEST_EXTRA = "test"
+TOOL_TABLE, BUILT_KEY = "mec-pipeline", "built-dependencies"
 # What each layer must not import: the method knows nothing of evaluations or orchestration.
 FORBIDDEN = {"mec": {"evals", "workflow"}, "evals": {"workflow"}}
 SNAKEMAKE_IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import\b|import\s+(.+))")
@@ -48,7 +52,13 @@ def declared(pyproject: Path) -> tuple[set[str], set[str]]:
     project = tomllib.loads(pyproject.read_text()).get("project", {})
     runtime = {requirement_name(r) for r in project.get("dependencies", [])}
     test = {requirement_name(r) for r in project.get("optional-dependencies", {}).get(TEST_EXTRA, [])}
-    return runtime, test
+    return runtime | set(built_dependencies(pyproject)), test
+
+
+def built_dependencies(pyproject: Path) -> dict[str, str]:
+    """[tool.mec-pipeline] built-dependencies: distribution -> the project file that installs it."""
+    tool = tomllib.loads(pyproject.read_text()).get("tool", {}).get(TOOL_TABLE, {})
+    return {normalise(name): installer for name, installer in tool.get(BUILT_KEY, {}).items()}
 
 
 def sources(root: Path) -> Iterator[Path]:
@@ -94,6 +104,10 @@ def own_modules(root: Path) -> set[str]:
 
 def problems(root: Path) -> Iterator[str]:
     runtime, test = declared(root / "pyproject.toml")
+    for name, installer in built_dependencies(root / "pyproject.toml").items():
+        if not (root / installer).is_file():
+            yield (f"pyproject.toml: [tool.{TOOL_TABLE}] {BUILT_KEY} names {installer} as the installer of {name}, "
+                   "but there is no such file")
     distributions = metadata.packages_distributions()
     own = own_modules(root)
     for path in sources(root):

@@ -4,6 +4,7 @@
   mec evaluate --backbone FILE --config NAME --protocol knn
                                                       evaluate an existing backbone through the same DAG
   mec tables                                          summary, paper tables and figures from the MLflow runs
+  mec install-detectron2                              install detectron2 (pinned) for the transfer evaluation
 
 Run `mec COMMAND --help` for a command's options.
 """
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from mec.config import ConfigError, load_config, resolve_config_path
+from workflow.detectron2_install import add_arguments as detectron2_arguments  # the standard library only
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -60,6 +62,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         overrides=args.overrides, experiment=args.experiment, output=args.output, tracking_uri=args.tracking_uri,
         cores=args.cores, launcher=args.launcher,
     )
+
+
+def _install_detectron2(args: argparse.Namespace) -> int:
+    from workflow.detectron2_install import run  # a failure is one line and exit status 1
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "log-determinant, by dimension: a PNG and a CSV beside it (with a device column).")
     taylor.add_argument("--out", default="results/figures/taylor_error.png", help="the PNG (the CSV goes beside)")
     taylor.set_defaults(run=_taylor_figure)
+
+    d2 = commands.add_parser(
+        "install-detectron2", help="install detectron2 (pinned) into this Python",
+        description="Install detectron2 for the transfer evaluation (workflow/detectron2_install.py). A detectron2 "
+                    "that already imports is reported and left alone. Otherwise the pinned sal-detectron2 wheel "
+                    "(upstream a59f056) is downloaded, its sha256 checked, rewritten as the pure-Python "
+                    "distribution detectron2 (no _C extension) and installed; --from-source builds the pinned "
+                    "upstream commit from GitHub instead (GPU clusters).")
+    detectron2_arguments(d2)
+    d2.set_defaults(run=_install_detectron2)
     return parser
 
 

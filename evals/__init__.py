@@ -12,6 +12,7 @@ PROTOCOLS = {
     "finetune": "evals.finetune",
     "tsne": "evals.tsne",
     "transfer": "evals.transfer",
+    "detection": "evals.detection",
 }
 
 # protocol -> the splits of the evaluated run's data whose frozen features it reads (`evals.features`). The DAG

@@ -26,6 +26,7 @@ OUT = str(EXPERIMENT.output)
 include: "workflow/rules/common.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/detection.smk"
 include: "workflow/rules/tables.smk"
 
 

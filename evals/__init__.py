@@ -23,6 +23,10 @@ FEATURE_SPLITS: dict[str, tuple[str, ...]] = {
     "tsne": ("train",),
 }
 
+# Detection recipes (evals/detection/recipes.py) that train on the offline digit scenes: recipe -> the scenes'
+# format. The DAG writes them (evals/detection/scenes.py) before the jobs; the others read datasets.detectron2.
+DETECTION_SCENE_RECIPES: dict[str, str] = {"digits_voc": "voc", "digits_coco": "coco"}
+
 
 def run_protocol(job: Any) -> dict[str, float]:
     """Entry point of an evaluation job (what the launcher pickles): import the protocol and run it."""

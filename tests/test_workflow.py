@@ -343,3 +343,48 @@ def test_the_features_rule_extracts_a_runs_features_through_the_launcher(tmp_pat
     assert "submitted local job" in rule_log and "features of run r_s0 on train: [8, " in rule_log
     again = _snakemake(tmp_path, str(target), "-n", "--configfile", str(experiment))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_evaluation_grid_and_seeds_expand_into_named_evaluations_with_a_data_root():
+    exp = build_experiment({
+        "experiment": "det", "datasets": {"detectron2": "/data/datasets"},
+        "pretrain": {"a": {"config": "digits"}},
+        "evaluate": {"voc": {"protocol": "detection", "options": {"recipe": "voc0712"}, "grid": {"lr": [0.02, 0.05]},
+                             "seeds": [0, 1]},
+                     "scenes": {"protocol": "detection", "options": {"recipe": "digits_voc"}}},
+    })
+    assert sorted(exp.evaluations) == ["scenes", "voc_lr0.02_s0", "voc_lr0.02_s1", "voc_lr0.05_s0", "voc_lr0.05_s1"]
+    assert exp.evaluation("voc_lr0.05_s1").options == {"recipe": "voc0712", "lr": 0.05, "seed": 1,
+                                                       "root": "/data/datasets"}
+    # The offline recipe reads the digit scenes the DAG writes; both need detectron2 installed first.
+    scenes = exp.evaluation("scenes").options["root"]
+    assert Path(scenes) == exp.scenes_dir("voc").resolve()
+    manifest = exp.scenes_dir("voc") / "manifest.json"
+    assert exp.detection_inputs("scenes") == [str(exp.detectron2_record()), str(manifest)]
+    assert exp.detection_inputs("voc_lr0.02_s0") == [str(exp.detectron2_record())]
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "message"),
+    [
+        ({"protocol": "detection", "options": {"recipe": "voc07"}}, r"evaluate\.d: .*set datasets\.detectron2"),
+        ({"protocol": "detection", "options": {}}, r"evaluate\.d\.options\.recipe: a detection recipe is required"),
+        ({"protocol": "detection", "options": {"recipe": "voc07", "seed": 1, "root": "x"}, "seeds": [0]},
+         r"evaluate\.d: \['seed'\] given both"),
+    ],
+)
+def test_bad_detection_evaluations_name_the_key(evaluation, message):
+    with pytest.raises(ConfigError, match=message):
+        build_experiment({"experiment": "e", "pretrain": {"a": {"config": "digits"}}, "evaluate": {"d": evaluation}})
+
+
+def test_the_table3_campaign_plans_its_pretraining_and_eleven_detection_jobs(tmp_path):
+    dry = _snakemake(tmp_path, "-n", "--configfile", str(REPO / "workflow" / "experiments" / "table3.yaml"))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = _planned(dry.stdout)
+    evaluations = sorted(_wildcards(job)["evaluation"] for job in jobs if job["rule"] == "evaluate")
+    assert evaluations == sorted(["coco_lr0.02", *(f"voc07_lr0.02_s{s}" for s in range(5)),
+                                  *(f"voc0712_lr0.02_s{s}" for s in range(5))])
+    assert [job["rule"] for job in jobs].count("pretrain") == 1
+    assert [job["rule"] for job in jobs].count("detectron2") == 1
+    assert "detection_scenes" not in [job["rule"] for job in jobs]

@@ -12,7 +12,8 @@ from typing import Any
 from workflow.experiment import Experiment
 
 # A heavy rule runs this light command, which submits the stage's job and waits (workflow/stage.py).
-STAGE = f"{shlex.quote(sys.executable)} -m workflow.stage"
+PYTHON = shlex.quote(sys.executable)  # the interpreter Snakemake runs in: the project's environment
+STAGE = f"{PYTHON} -m workflow.stage"
 SNAKEMAKE_BOOKKEEPING = ("tmpdir", "mem", "mem_mib", "disk", "disk_mib")
 
 

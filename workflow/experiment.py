@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals import FEATURE_SPLITS, PROTOCOLS
+from evals import DETECTION_SCENE_RECIPES, FEATURE_SPLITS, PROTOCOLS
 from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
@@ -58,6 +58,7 @@ class Experiment:
     output: Path
     runs: dict[str, PretrainRun]
     evaluations: dict[str, Evaluation]
+    datasets: dict[str, str] = field(default_factory=dict)  # data set kind -> folder (schema: `datasets`)
 
     def run(self, name: str) -> PretrainRun:
         if name not in self.runs:
@@ -131,6 +132,24 @@ class Experiment:
                 return evaluation
         raise ConfigError(f"no evaluation of experiment {self.name!r} reads the {split!r} features of run {run!r}")
 
+    def detectron2_record(self) -> Path:
+        """What the detectron2 rule writes: the installed detectron2 (version, location, source) the jobs use."""
+        return self.output / "detectron2.json"
+
+    def scenes_dir(self, fmt: str) -> Path:
+        """The offline digit scenes in ``fmt`` (voc | coco), written by the detection_scenes rule."""
+        return _scenes_dir(self.output, fmt)
+
+    def detection_inputs(self, evaluation: str) -> list[str]:
+        """What a detection evaluation needs before its job starts: detectron2 installed, its generated data."""
+        spec = self.evaluation(evaluation)
+        if spec.protocol != "detection":
+            return []
+        fmt = DETECTION_SCENE_RECIPES.get(spec.options.get("recipe"))
+        generated = fmt is not None and Path(spec.options["root"]) == self.scenes_dir(fmt).resolve()
+        scenes = [str(self.scenes_dir(fmt) / "manifest.json")] if generated else []
+        return [str(self.detectron2_record()), *scenes]
+
     def config_for(self, run: str, **extra: Any) -> Config:
         """The run's typed `mec` config, with the output folder, seed and MLflow names the workflow owns."""
         spec = self.run(run)
@@ -190,6 +209,54 @@ def _grid_runs(group: str, spec: Mapping[str, Any]) -> list[PretrainRun]:
     return runs
 
 
+def _expanded_evaluations(name: str, spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """An evaluation over its option grid and seeds: (name, options), named <name>[_<option><value>...][_s<seed>].
+
+    Without grid and seeds, the evaluation itself, unchanged. Seeds set option ``seed`` (tables average over it).
+    """
+    base = dict(spec.get("options") or {})
+    grid: dict[str, list[Any]] = dict(spec.get("grid") or {})
+    clash = sorted(set(grid) & set(base)) + (["seed"] if "seeds" in spec and "seed" in base else [])
+    if clash:
+        raise ConfigError(f"evaluate.{name}: {clash} given both as options and as grid/seeds; keep one")
+    keys = sorted(grid)
+    expanded = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        suffix = "".join(f"_{_short_key(k)}{_name_part(v)}" for k, v in zip(keys, combo, strict=True))
+        options = base | dict(zip(keys, combo, strict=True))
+        if "seeds" not in spec:
+            expanded.append((f"{name}{suffix}", options))
+        else:
+            expanded += [(f"{name}{suffix}_s{seed}", options | {"seed": int(seed)}) for seed in spec["seeds"]]
+    return expanded
+
+
+def _detection_options(name: str, options: dict[str, Any], datasets: Mapping[str, str],
+                       output: Path) -> dict[str, Any]:
+    """A detection evaluation's data root: its own option, the DAG's digit scenes, or ``datasets.detectron2``."""
+    recipe = options.get("recipe")
+    if not isinstance(recipe, str):
+        raise ConfigError(f"evaluate.{name}.options.recipe: a detection recipe is required (evals/detection/"
+                          "recipes.py: voc0712, voc07, coco, digits_voc, digits_coco)")
+    if "root" in options:
+        return options
+    if recipe in DETECTION_SCENE_RECIPES:
+        return options | {"root": str(_scenes_dir(output, DETECTION_SCENE_RECIPES[recipe]).resolve())}
+    if "detectron2" not in datasets:
+        raise ConfigError(f"evaluate.{name}: recipe {recipe!r} reads detectron2's datasets folder; set "
+                          "datasets.detectron2 (the folder holding VOC2007/, VOC2012/, coco/) or options.root")
+    return options | {"root": datasets["detectron2"]}
+
+
+def _scenes_dir(output: Path, fmt: str) -> Path:
+    return output / "data" / f"digit-scenes-{fmt}"
+
+
+def _under(root: Path, folder: str) -> Path:
+    path = Path(folder)
+    return path if path.is_absolute() else (root / path).resolve()
+
+
 def _name_part(value: Any) -> str:
     text = "null" if value is None else str(value)
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
@@ -224,31 +291,40 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
                 raise ConfigError(f"pretrain.{group}: run name {run.name!r} is produced twice; rename a group")
             runs[run.name] = run
             groups.setdefault(group, []).append(run.name)
+    output = Path(tree.get("output") or Path("results") / name)
+    output = output if output.is_absolute() else root / output
+    datasets = {kind: str(_under(root, folder)) for kind, folder in (tree.get("datasets") or {}).items()}
     evaluations: dict[str, Evaluation] = {}
     for eval_name, spec in (tree.get("evaluate") or {}).items():
         wanted = spec.get("runs", sorted(groups))
         unknown = sorted(set(wanted) - set(groups))
         if unknown:
             raise ConfigError(f"evaluate.{eval_name}.runs: unknown pretrain groups {unknown}; groups: {sorted(groups)}")
-        evaluations[eval_name] = Evaluation(
-            name=eval_name,
-            protocol=str(spec.get("protocol", eval_name)),
-            runs=tuple(run for group in wanted for run in groups[group]),
-            options=dict(spec.get("options") or {}),
-            resources=dict(spec.get("resources") or {}),
-            fraction=spec.get("fraction"),
-        )
-        if evaluations[eval_name].protocol not in PROTOCOLS:
-            raise ConfigError(f"evaluate.{eval_name}.protocol: {evaluations[eval_name].protocol!r} is not one of "
-                              f"{sorted(PROTOCOLS)}")
-    output = Path(tree.get("output") or Path("results") / name)
+        protocol = str(spec.get("protocol", eval_name))
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"evaluate.{eval_name}.protocol: {protocol!r} is not one of {sorted(PROTOCOLS)}")
+        for expanded_name, options in _expanded_evaluations(eval_name, spec):
+            if expanded_name in evaluations:
+                raise ConfigError(f"evaluate.{eval_name}: evaluation name {expanded_name!r} is produced twice; "
+                                  "rename one")
+            if protocol == "detection":
+                options = _detection_options(eval_name, options, datasets, output)
+            evaluations[expanded_name] = Evaluation(
+                name=expanded_name,
+                protocol=protocol,
+                runs=tuple(run for group in wanted for run in groups[group]),
+                options=options,
+                resources=dict(spec.get("resources") or {}),
+                fraction=spec.get("fraction"),
+            )
     experiment = Experiment(
         name=name,
         launcher=str(tree.get("launcher", "local")),
         tracking_uri=tree.get("tracking_uri"),
-        output=output if output.is_absolute() else root / output,
+        output=output,
         runs=runs,
         evaluations=evaluations,
+        datasets=datasets,
     )
     for name, run in runs.items():  # every override must name a real key with an allowed value, before any job
         try:

@@ -4,7 +4,7 @@
 import json
 import shlex
 
-from workflow.dag import STAGE, Untracked, job_threads, stage_resources, where_results_are
+from workflow.dag import PYTHON, STAGE, Untracked, job_threads, stage_resources, where_results_are
 
 wildcard_constraints:
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
@@ -13,6 +13,7 @@ wildcard_constraints:
 
 
 STAGE_COMMAND = Untracked(STAGE)
+PYTHON_COMMAND = Untracked(PYTHON)
 EXPERIMENT_RECORD = f"{OUT}/mlflow_experiment.json"
 # The experiment config reaches every stage command on its command line, as the Snakefile resolved it. Not a
 # rerun trigger (a finished run is not redone because another group was added), and not a file either: a rule

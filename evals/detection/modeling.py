@@ -22,7 +22,6 @@ from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
-from fvcore.nn import weight_init
 from torch import nn
 
 ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2), 18), "resnet50": (BottleneckBlock, (3, 4, 6, 3), 50)}
@@ -85,7 +84,8 @@ class CifarStem(CNNBlockBase):
         super().__init__(in_channels, out_channels, 1)
         self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False,
                             norm=get_norm(norm, out_channels))
-        weight_init.c2_msra_fill(self.conv1)
+        # detectron2's (fvcore's) c2_msra_fill, as BasicStem: the loaded weights replace it anyway
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
         return F.relu_(self.conv1(x))

@@ -21,7 +21,7 @@ from detectron2.modeling import build_model
 from mlflow.tracking import MlflowClient
 
 from evals import run_protocol
-from evals.detection import WEIGHTS_NAME, convert_once
+from evals.detection import WEIGHTS_NAME, convert_once, scene_parameters
 from evals.detection import evaluate as detection_evaluate
 from evals.detection.convert import (
     ConversionError,
@@ -37,7 +37,7 @@ from evals.detection.train import AtomicDetectionCheckpointer, DetectionTrainer,
 from evals.job import EvalJob
 from mec.augment import DIGITS_MEAN, IMAGENET_MEAN, IMAGENET_STD
 from mec.checkpoint import export_backbone
-from mec.config import build_config
+from mec.config import build_config, load_config
 from mec.models import build_backbone
 from mec.tracking import RunLogger
 
@@ -260,6 +260,17 @@ def test_voc_recipes_register_the_datasets_layout_and_name_a_missing_year(tmp_pa
 
     assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval")
     assert MetadataCatalog.get("voc_2012_trainval").dirname == str((tmp_path / "VOC2012").absolute())
+
+
+def test_digits_recipes_render_scenes_in_the_pretraining_digits_style(tmp_path):
+    config = load_config("digits").model_dump(mode="json")
+    job = EvalJob(protocol="detection", backbone="b.pt", config=config, output_dir=str(tmp_path), feature_cache="",
+                  options={"recipe": "digits_voc", "scenes": {"n_test": 50}})
+    params = scene_parameters(job)
+    digits = config["data"]["digits"]
+    assert params == {"n_train": 400, "n_test": 50, "canvas": 64, "palette_size": 1, "texture_strength": 0.0,
+                      "max_rotation_deg": digits["options"]["max_rotation_deg"],
+                      "val_fraction": digits["val_fraction"], "seed": digits["seed"]}  # not its scale_range
 
 
 # -------------------------------------------------------------------------------------------------- training

@@ -289,6 +289,14 @@ class _PreemptAt(HookBase):
             raise _Preempted(f"preempted after iteration {self.iteration}")
 
 
+class _Threads(HookBase):
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def after_step(self) -> None:
+        self.seen.append(torch.get_num_threads())
+
+
 @pytest.mark.slow
 def test_digits_voc_trains_logs_to_mlflow_and_resumes_after_a_preemption(tmp_path, voc, monkeypatch):
     backbone = _export(tmp_path / "backbone.pt", DIGITS)
@@ -304,7 +312,12 @@ def test_digits_voc_trains_logs_to_mlflow_and_resumes_after_a_preemption(tmp_pat
     assert (out / "last_checkpoint").read_text() == "model_0000001.pth"  # iterations 1-2 are saved
     monkeypatch.setattr(DetectionTrainer, "build_hooks", real_hooks)
 
+    torch.set_num_threads(2)  # the process' own setting (the fixture restores the session's after the test)
+    seen = []
+    monkeypatch.setattr(DetectionTrainer, "build_hooks", lambda self: [*real_hooks(self), _Threads(seen)])
     metrics = run_protocol(job)  # the rerun after the preemption
+    assert seen and set(seen) == {1} and torch.get_num_threads() == 2  # digits: 1 CPU thread, then restored
+    monkeypatch.setattr(DetectionTrainer, "build_hooks", real_hooks)
     assert set(metrics) == {"detection/AP", "detection/AP50", "detection/AP75"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     run = client.get_run(job.run_id)

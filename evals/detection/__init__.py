@@ -13,6 +13,8 @@ Options of the ``detection`` protocol:
 - `max_iter`: MAX_ITER itself (STEPS past it are ignored by detectron2).
 - `overrides`: more detectron2 settings, a list of "KEY VALUE" strings (`"SOLVER.CHECKPOINT_PERIOD 100"`).
 - `log_period`: iterations between training-loss records (default 20).
+- `cpu_threads`: torch threads when training on the CPU (default: 1 for the digits recipes, whose tensors are tiny,
+  the process' default otherwise).
 - `scenes`: digits recipes without a root: keyword arguments of `scenes.write_{voc,coco}_scenes` over the
   defaults (400 / 100 images of 64 px, in the pretraining digits' style: see `scene_parameters`).
 
@@ -36,7 +38,7 @@ from evals.job import EvalJob
 log = logging.getLogger(__name__)
 
 OPTIONS = ("recipe", "root", "seed", "lr", "ims_per_batch", "max_iter_scale", "max_iter", "overrides", "log_period",
-           "scenes")
+           "scenes", "cpu_threads")
 WEIGHTS_NAME = "backbone_detectron2.pkl"
 # The scenes a digits recipe renders when no root is given: 400 training and 100 test images of 64 px.
 SCENES = {"n_train": 400, "n_test": 100, "canvas": 64}
@@ -67,7 +69,11 @@ def _options(job: EvalJob) -> dict[str, Any]:
     seed = job.option("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"detection options.seed must be an int, got {seed!r}")
+    threads = job.option("cpu_threads", recipe.cpu_threads)
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise RecipeError(f"detection options.cpu_threads must be a positive int, got {threads!r}")
     return {"recipe": job.options["recipe"], "root": root, "seed": seed, "lr": job.option("lr", None),
+            "cpu_threads": threads,
             "ims_per_batch": job.option("ims_per_batch", None), "max_iter_scale": job.option("max_iter_scale", None),
             "overrides": overrides, "log_period": int(job.option("log_period", 20))}
 
@@ -170,6 +176,8 @@ def _scenes_root(recipe_name: str, out: Path, params: dict[str, Any]) -> Path:
 def evaluate(job: EvalJob) -> dict[str, float]:
     """Convert, configure, train (or resume) and evaluate; rank 0 returns the metrics, other ranks an empty dict."""
     options = _options(job)  # bad options stop before anything is opened or written
+    import torch
+
     from evals.detection import modeling  # noqa: F401 - registers the backbone and ROI heads with detectron2
     from evals.detection.convert import backbone_metadata
     from evals.detection.recipes import build_cfg
@@ -203,5 +211,11 @@ def evaluate(job: EvalJob) -> dict[str, float]:
             cfg.defrost()
             cfg.MODEL.DEVICE = proc.device.type
             cfg.freeze()
-            metrics = train_and_evaluate(cfg, logger, options["log_period"])
+            threads = torch.get_num_threads()
+            if proc.device.type == "cpu" and options["cpu_threads"] is not None:
+                torch.set_num_threads(options["cpu_threads"])
+            try:
+                metrics = train_and_evaluate(cfg, logger, options["log_period"])
+            finally:
+                torch.set_num_threads(threads)
     return metrics if proc.main else {}

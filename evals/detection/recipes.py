@@ -63,6 +63,10 @@ class Recipe:
     expects: Mapping[str, Any] = field(default_factory=dict)  # backbone arch / cifar_stem the config is made for
     root: str = ""  # what the data root holds, for messages
     scenes: str | None = None  # digits: the scenes format rendered when no root is given
+    # torch threads of a CPU run (None: the process' default). The digits network's tensors are tiny: on a 2-core
+    # machine shared with other work, 2 threads made a step 4-30x slower than 1 (OpenMP regions waiting for a
+    # descheduled thread); 0.3-0.45 s per step with 1.
+    cpu_threads: int | None = None
 
 
 RECIPES: dict[str, Recipe] = {
@@ -90,13 +94,13 @@ RECIPES: dict[str, Recipe] = {
         (DataSplit("digits_voc_trainval", "voc", ".", "trainval", 2007),),
         (DataSplit("digits_voc_test", "voc", ".", "test", 2007),),
         "voc", "digits", {"arch": "resnet18", "cifar_stem": True},
-        "digit scenes in the VOC layout (evals.detection.scenes.write_voc_scenes)", scenes="voc"),
+        "digit scenes in the VOC layout (evals.detection.scenes.write_voc_scenes)", scenes="voc", cpu_threads=1),
     "digits_coco": Recipe(
         "digits_coco.yaml",
         (DataSplit("digits_coco_train", "coco", "train2017", "annotations/instances_train2017.json"),),
         (DataSplit("digits_coco_val", "coco", "val2017", "annotations/instances_val2017.json"),),
         "coco", "digits", {"arch": "resnet18", "cifar_stem": True},
-        "digit scenes in the COCO layout (evals.detection.scenes.write_coco_scenes)", scenes="coco"),
+        "digit scenes in the COCO layout (evals.detection.scenes.write_coco_scenes)", scenes="coco", cpu_threads=1),
 }
 
 

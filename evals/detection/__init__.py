@@ -140,27 +140,32 @@ def convert_once(backbone: str | Path, output: Path, meta: dict[str, Any]) -> di
     return convert_backbone(backbone, output, meta) | {"reused": False}
 
 
+def scene_style(data: Any) -> dict[str, Any]:
+    """Scene parameters a pretraining data config (`mec.config.DataConfig`) hands down: for the digits, the
+    renderer's style knobs (`INHERITED_STYLE`, not the scale) and the source split (val_fraction, seed), so no test
+    digit was seen in pretraining; nothing for other data."""
+    if data is None or data.name != "digits":
+        return {}
+    style = {k: v for k, v in data.digits.options.items() if k in INHERITED_STYLE}
+    return style | {"val_fraction": data.digits.val_fraction, "seed": data.digits.seed}
+
+
 def scene_parameters(job: EvalJob) -> dict[str, Any]:
     """What a digits recipe renders when no root is given: `SCENES`, in the style of the digits the backbone was
-    pretrained on (colours, texture, rotation; the same source split, so no test digit was seen in pretraining),
-    then ``options.scenes``.
+    pretrained on (`scene_style`), then ``options.scenes``.
 
     The style matters more than anything else here: on scenes in the renderer's default style (a random colour
     pair and texture per image) the offline MEC backbone, pretrained on one colour pair without texture, fell
     below a random-init one (AP50 0.24 vs 0.49); in its own style it beats it (0.92 vs 0.83).
     """
-    params: dict[str, Any] = dict(SCENES)
     try:
         data = job.cfg.data
     except Exception:  # no usable run config: the renderer's defaults
         data = None
-    if data is not None and data.name == "digits":
-        params.update({k: v for k, v in data.digits.options.items() if k in INHERITED_STYLE})
-        params.update(val_fraction=data.digits.val_fraction, seed=data.digits.seed)
     extra = job.option("scenes", {})
     if not isinstance(extra, dict):
         raise ValueError(f"detection options.scenes must be a mapping of scene parameters, got {extra!r}")
-    return params | extra
+    return dict(SCENES) | scene_style(data) | extra
 
 
 def _scenes_root(recipe_name: str, out: Path, params: dict[str, Any]) -> Path:

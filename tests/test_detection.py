@@ -352,8 +352,9 @@ def _rank(rank: int, job: EvalJob, port: int, results) -> None:
 
 
 @pytest.mark.slow
-def test_two_ranks_train_with_gloo_and_naive_sync_bn_and_only_rank_0_logs(tmp_path, voc):
+def test_two_ranks_train_with_gloo_and_naive_sync_bn_and_only_rank_0_logs(tmp_path, voc, monkeypatch):
     """The launcher starts one process per task (torchrun / SLURM variables); IMS_PER_BATCH is global."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU ranks (gloo) on a GPU machine too, where it failed
     job = _job(tmp_path, _export(tmp_path / "backbone.pt", DIGITS), recipe="digits_voc", root=str(voc), max_iter=3,
                log_period=1, overrides=[*SMALL, "MODEL.RESNETS.NORM naiveSyncBN"])
     with socket.socket() as probe:

@@ -356,12 +356,31 @@ def test_evaluation_grid_and_seeds_expand_into_named_evaluations_with_a_data_roo
     assert sorted(exp.evaluations) == ["scenes", "voc_lr0.02_s0", "voc_lr0.02_s1", "voc_lr0.05_s0", "voc_lr0.05_s1"]
     assert exp.evaluation("voc_lr0.05_s1").options == {"recipe": "voc0712", "lr": 0.05, "seed": 1,
                                                        "root": "/data/datasets"}
-    # The offline recipe reads the digit scenes the DAG writes; both need detectron2 installed first.
-    scenes = exp.evaluation("scenes").options["root"]
-    assert Path(scenes) == exp.scenes_dir("voc").resolve()
-    manifest = exp.scenes_dir("voc") / "manifest.json"
-    assert exp.detection_inputs("scenes") == [str(exp.detectron2_record()), str(manifest)]
-    assert exp.detection_inputs("voc_lr0.02_s0") == [str(exp.detectron2_record())]
+    # The offline recipe reads the digit scenes the DAG writes in the style of the run's pretraining digits (the
+    # stage gives the job their root); both recipes need detectron2 installed first.
+    assert "root" not in exp.evaluation("scenes").options
+    scenes = exp.scenes_root("scenes", "a_s0")
+    assert scenes == exp.scenes_dir("a_s0", "voc") and scenes.name.startswith("digit-scenes-voc-digits-")
+    assert exp.detection_scenes() == {scenes.name: ("a_s0", "voc")}
+    assert exp.detection_inputs("scenes", "a_s0") == [str(exp.detectron2_record()), str(scenes / "manifest.json")]
+    assert exp.detection_inputs("voc_lr0.02_s0", "a_s0") == [str(exp.detectron2_record())]
+    assert exp.scenes_root("voc_lr0.02_s0", "a_s0") is None
+
+
+def test_the_scenes_stage_writes_the_runs_scenes_in_its_pretraining_style(tmp_path):
+    from workflow.stage import main
+
+    tree = {"experiment": "det", "output": str(tmp_path / "out"),
+            "pretrain": {"a": {"config": "digits", "overrides": {"data.root": str(tmp_path / "digits")}}},
+            "evaluate": {"d": {"protocol": "detection", "options": {"recipe": "digits_voc"}}}}
+    exp = build_experiment(tree)
+    manifest = exp.scenes_dir("a_s0", "voc") / "manifest.json"
+    assert main(["scenes", "--config", json.dumps(tree), "--run", "a_s0", "--format", "voc",
+                 "--output", str(manifest)]) == 0
+    written = json.loads(manifest.read_text())
+    assert written["params"]["style"]["palette_size"] == 1  # the digits config's one colour pair
+    assert main(["scenes", "--config", json.dumps(tree), "--run", "a_s0", "--format", "voc",
+                 "--output", str(tmp_path / "elsewhere" / "manifest.json")]) == 1
 
 
 @pytest.mark.parametrize(

@@ -136,19 +136,36 @@ class Experiment:
         """What the detectron2 rule writes: the installed detectron2 (version, location, source) the jobs use."""
         return self.output / "detectron2.json"
 
-    def scenes_dir(self, fmt: str) -> Path:
-        """The offline digit scenes in ``fmt`` (voc | coco), written by the detection_scenes rule."""
-        return _scenes_dir(self.output, fmt)
+    def scenes_dir(self, run: str, fmt: str) -> Path:
+        """The digit scenes ``run``'s offline detection evaluations train and test on, in ``fmt`` (voc | coco): in
+        the style of its pretraining digits, named by their data identity, so runs on the same data share them."""
+        data = self.config_for(run).data
+        return self.output / "data" / f"digit-scenes-{fmt}-{data.name}-{data_identity(data, length=10)}"
 
-    def detection_inputs(self, evaluation: str) -> list[str]:
-        """What a detection evaluation needs before its job starts: detectron2 installed, its generated data."""
+    def scenes_root(self, evaluation: str, run: str) -> Path | None:
+        """The DAG-written scenes a detection evaluation of ``run`` reads (a digits recipe, no root or scene
+        parameters of its own), else None."""
         spec = self.evaluation(evaluation)
-        if spec.protocol != "detection":
-            return []
         fmt = DETECTION_SCENE_RECIPES.get(spec.options.get("recipe"))
-        generated = fmt is not None and Path(spec.options["root"]) == self.scenes_dir(fmt).resolve()
-        scenes = [str(self.scenes_dir(fmt) / "manifest.json")] if generated else []
-        return [str(self.detectron2_record()), *scenes]
+        if spec.protocol != "detection" or fmt is None or {"root", "scenes"} & set(spec.options):
+            return None
+        return self.scenes_dir(run, fmt)
+
+    def detection_scenes(self) -> dict[str, tuple[str, str]]:
+        """Every scenes folder the evaluations read (its name) -> (a run on its data, format)."""
+        found: dict[str, tuple[str, str]] = {}
+        for evaluation in self.evaluations.values():
+            for run in evaluation.runs:
+                if (root := self.scenes_root(evaluation.name, run)) is not None:
+                    found.setdefault(root.name, (run, DETECTION_SCENE_RECIPES[evaluation.options["recipe"]]))
+        return found
+
+    def detection_inputs(self, evaluation: str, run: str) -> list[str]:
+        """What a detection evaluation needs before its job starts: detectron2 installed, its generated data."""
+        if self.evaluation(evaluation).protocol != "detection":
+            return []
+        root = self.scenes_root(evaluation, run)
+        return [str(self.detectron2_record()), *([str(root / "manifest.json")] if root else [])]
 
     def config_for(self, run: str, **extra: Any) -> Config:
         """The run's typed `mec` config, with the output folder, seed and MLflow names the workflow owns."""
@@ -231,25 +248,19 @@ def _expanded_evaluations(name: str, spec: Mapping[str, Any]) -> list[tuple[str,
     return expanded
 
 
-def _detection_options(name: str, options: dict[str, Any], datasets: Mapping[str, str],
-                       output: Path) -> dict[str, Any]:
-    """A detection evaluation's data root: its own option, the DAG's digit scenes, or ``datasets.detectron2``."""
+def _detection_options(name: str, options: dict[str, Any], datasets: Mapping[str, str]) -> dict[str, Any]:
+    """A detection evaluation's data root: its own option or ``datasets.detectron2`` (the digits recipes read the
+    scenes the DAG writes for each run's data: `Experiment.scenes_root`)."""
     recipe = options.get("recipe")
     if not isinstance(recipe, str):
         raise ConfigError(f"evaluate.{name}.options.recipe: a detection recipe is required (evals/detection/"
                           "recipes.py: voc0712, voc07, coco, digits_voc, digits_coco)")
-    if "root" in options:
+    if "root" in options or recipe in DETECTION_SCENE_RECIPES:
         return options
-    if recipe in DETECTION_SCENE_RECIPES:
-        return options | {"root": str(_scenes_dir(output, DETECTION_SCENE_RECIPES[recipe]).resolve())}
     if "detectron2" not in datasets:
         raise ConfigError(f"evaluate.{name}: recipe {recipe!r} reads detectron2's datasets folder; set "
                           "datasets.detectron2 (the folder holding VOC2007/, VOC2012/, coco/) or options.root")
     return options | {"root": datasets["detectron2"]}
-
-
-def _scenes_dir(output: Path, fmt: str) -> Path:
-    return output / "data" / f"digit-scenes-{fmt}"
 
 
 def _under(root: Path, folder: str) -> Path:
@@ -308,7 +319,7 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
                 raise ConfigError(f"evaluate.{eval_name}: evaluation name {expanded_name!r} is produced twice; "
                                   "rename one")
             if protocol == "detection":
-                options = _detection_options(eval_name, options, datasets, output)
+                options = _detection_options(eval_name, options, datasets)
             evaluations[expanded_name] = Evaluation(
                 name=expanded_name,
                 protocol=protocol,

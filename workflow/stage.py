@@ -315,6 +315,19 @@ def write_split(tree: Mapping[str, Any], run: str, fraction: float, output: Path
     return 0
 
 
+def write_scenes(tree: Mapping[str, Any], run: str, fmt: str, output: Path) -> int:
+    """The detection_scenes rule: a short local step rendering the offline detection data, no job."""
+    from workflow.stages import detection_scenes
+
+    written = detection_scenes(build_experiment(tree), run, fmt)
+    if written.resolve() != output.resolve():
+        raise StageError(f"scenes manifest {output} is not the one the experiment names for run {run} ({written})")
+    counts = json.loads(written.read_text())["counts"]
+    log.info("%s digit scenes %s: %s", fmt, written.parent,
+             ", ".join(f"{split} {c['images']} images / {c['objects']} digits" for split, c in counts.items()))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow.stage", description=__doc__.split("\n")[0])
     parser.add_argument("--log", help="also write this command's lines to this file (the rule's log)")
@@ -327,6 +340,11 @@ def _parser() -> argparse.ArgumentParser:
     split.add_argument("--run", required=True, help="a pretraining run on the data to split")
     split.add_argument("--fraction", required=True, type=float)
     split.add_argument("--output", required=True, help="the split file (must be the one the experiment names)")
+    scenes = sub.add_parser("scenes", help="write the digit scenes of a run's offline detection evaluations")
+    scenes.add_argument("--config", required=True, help="the experiment config as JSON")
+    scenes.add_argument("--run", required=True, help="a pretraining run on the data the scenes are drawn like")
+    scenes.add_argument("--format", required=True, choices=("voc", "coco"))
+    scenes.add_argument("--output", required=True, help="the scenes' manifest (must be the one the experiment names)")
     feat = sub.add_parser("features", help="extract one run's backbone features on one split")
     feat.add_argument("--config", required=True, help="the experiment config as JSON")
     feat.add_argument("--run", required=True)
@@ -383,6 +401,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.stage == "split":
         return write_split(json.loads(args.config), args.run, args.fraction, Path(args.output))
+    if args.stage == "scenes":
+        return write_scenes(json.loads(args.config), args.run, args.format, Path(args.output))
     if args.stage == "features":
         features(json.loads(args.config), args.run, args.split, args.pretrain, args.output,
                  json.loads(args.resources))

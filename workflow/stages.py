@@ -128,6 +128,8 @@ def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: st
     options = dict(spec.options)
     if spec.fraction is not None and "split" not in options:
         options["split"] = str(label_split(experiment, run, spec.fraction).resolve())
+    if (scenes := experiment.scenes_root(evaluation, run)) is not None:  # the digits recipes' DAG-written data
+        options["root"] = str(scenes.resolve())
     log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
                | {"eval.protocol": spec.protocol, "eval.backbone": pre["backbone"]})
     return {"run_id": run_id, "options": options}
@@ -242,6 +244,17 @@ def label_split(experiment: Experiment, run: str, fraction: float, seed: int = 0
     indices = balanced_subset(list(dataset.targets), fraction, seed)
     root = Path(dataset.root) if samples is not None else None
     return write_split(path, split_lines_for(samples, root, indices))
+
+
+def detection_scenes(experiment: Experiment, run: str, fmt: str) -> Path:
+    """The digit scenes of ``run``'s offline detection evaluations (`Experiment.scenes_dir`), in the style of its
+    pretraining digits (`evals.detection.scene_style`); rewritten only when their parameters change. Returns the
+    manifest."""
+    from evals.detection import SCENES, scene_style, write_scenes
+    from evals.detection.scenes import MANIFEST_NAME
+
+    params = dict(SCENES) | scene_style(experiment.config_for(run).data)
+    return write_scenes(fmt, experiment.scenes_dir(run, fmt), params) / MANIFEST_NAME
 
 
 OPERATIONS = {f.__name__: f for f in (create_experiment, start_pretrain_run, start_evaluation_run, record_attempts,

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from evals import DETECTION_SCENE_RECIPES
 from evals.job import EvalJob
 
 log = logging.getLogger(__name__)
@@ -168,14 +169,21 @@ def scene_parameters(job: EvalJob) -> dict[str, Any]:
     return dict(SCENES) | scene_style(data) | extra
 
 
-def _scenes_root(recipe_name: str, out: Path, params: dict[str, Any]) -> Path:
+def write_scenes(fmt: str, root: Path, params: dict[str, Any]) -> Path:
+    """The digit scenes of `scene_parameters` in ``fmt`` ("voc" or "coco", `evals.DETECTION_SCENE_RECIPES`) at
+    ``root``: what a digits job renders for itself, and what the DAG's detection_scenes rule writes for all."""
     from evals.detection import scenes
 
     params = dict(params)
     n_train, n_test = params.pop("n_train"), params.pop("n_test")
-    if recipe_name == "digits_voc":
-        return scenes.write_voc_scenes(out / "scenes-voc", n_trainval=n_train, n_test=n_test, **params)
-    return scenes.write_coco_scenes(out / "scenes-coco", n_train=n_train, n_val=n_test, **params)
+    if fmt == "voc":
+        return scenes.write_voc_scenes(root, n_trainval=n_train, n_test=n_test, **params)
+    return scenes.write_coco_scenes(root, n_train=n_train, n_val=n_test, **params)
+
+
+def _scenes_root(recipe_name: str, out: Path, params: dict[str, Any]) -> Path:
+    fmt = DETECTION_SCENE_RECIPES[recipe_name]
+    return write_scenes(fmt, out / f"scenes-{fmt}", params)
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from detectron2.config import CfgNode, get_cfg
 
+from evals import DETECTION_SCENE_RECIPES
 from evals.detection.modeling import ARCHS, add_mec_config, set_backbone_shape
 from mec.augment import CIFAR_MEAN, CIFAR_STD, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, IMAGENET_STD
 
@@ -94,13 +95,15 @@ RECIPES: dict[str, Recipe] = {
         (DataSplit("digits_voc_trainval", "voc", ".", "trainval", 2007),),
         (DataSplit("digits_voc_test", "voc", ".", "test", 2007),),
         "voc", "digits", {"arch": "resnet18", "cifar_stem": True},
-        "digit scenes in the VOC layout (evals.detection.scenes.write_voc_scenes)", scenes="voc", cpu_threads=1),
+        "digit scenes in the VOC layout (evals.detection.scenes.write_voc_scenes)",
+        scenes=DETECTION_SCENE_RECIPES["digits_voc"], cpu_threads=1),
     "digits_coco": Recipe(
         "digits_coco.yaml",
         (DataSplit("digits_coco_train", "coco", "train2017", "annotations/instances_train2017.json"),),
         (DataSplit("digits_coco_val", "coco", "val2017", "annotations/instances_val2017.json"),),
         "coco", "digits", {"arch": "resnet18", "cifar_stem": True},
-        "digit scenes in the COCO layout (evals.detection.scenes.write_coco_scenes)", scenes="coco", cpu_threads=1),
+        "digit scenes in the COCO layout (evals.detection.scenes.write_coco_scenes)",
+        scenes=DETECTION_SCENE_RECIPES["digits_coco"], cpu_threads=1),
 }
 
 

@@ -19,16 +19,19 @@ rule detectron2:
 
 
 rule detection_scenes:
-    # Digit scenes (evals/detection/scenes.py) in VOC or COCO 2017 layout, deterministic, rewritten only when
-    # their parameters change.
+    # Digit scenes (evals/detection/scenes.py) in VOC or COCO 2017 layout, in the style of a run's pretraining
+    # digits, one folder per data identity and format: every run on that data trains and tests on the same files.
     output:
-        f"{OUT}/data/digit-scenes-{{format}}/manifest.json",
+        f"{OUT}/data/{{scenes}}/manifest.json",
     log:
-        f"{OUT}/logs/detection_scenes/{{format}}.log",
+        f"{OUT}/logs/detection_scenes/{{scenes}}.log",
     wildcard_constraints:
-        format="voc|coco",
+        scenes=r"digit-scenes-[A-Za-z0-9_.-]+",
     params:
-        folder=lambda wc, output: str(Path(output[0]).parent),
-        python=PYTHON_COMMAND,
+        stage=STAGE_COMMAND,
+        config=EXPERIMENT_CONFIG,
+        run=lambda wc: EXPERIMENT.detection_scenes()[wc.scenes][0],
+        format=lambda wc: EXPERIMENT.detection_scenes()[wc.scenes][1],
     shell:
-        "{params.python} -m evals.detection.scenes --format {wildcards.format} --output {params.folder} > {log} 2>&1"
+        "{params.stage} --log {log} scenes --config {params.config} --run {params.run} --format {params.format}"
+        " --output {output}"

@@ -53,7 +53,7 @@ rule evaluate:
         pretrain=f"{OUT}/pretrain/{{run}}/pretrain.json",
         split=lambda wc: EXPERIMENT.split_inputs(wc.evaluation, wc.run),
         features=lambda wc: EXPERIMENT.feature_inputs(wc.evaluation, wc.run),
-        detection=lambda wc: EXPERIMENT.detection_inputs(wc.evaluation),
+        detection=lambda wc: EXPERIMENT.detection_inputs(wc.evaluation, wc.run),
     output:
         f"{OUT}/eval/{{evaluation}}/{{run}}/result.json",
     log:

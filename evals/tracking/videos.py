@@ -1,0 +1,572 @@
+"""The offline tracking data: short videos of UCI digits moving over a canvas, written as DAVIS-2017, OTB or
+MOTChallenge.
+
+Each video has a static background (`mec.digits.textured_background`) and 1 to 4 digits, each rendered once by
+`mec.digits.paste_digit` (its scale and rotation fixed for the video) and then moved rigidly: a constant velocity
+of `speed_range` pixels per frame in a random direction plus Gaussian jitter, bouncing off the borders, so every
+digit stays fully inside the canvas. Digits are drawn in z-order (object 1 at the back, the last one in front) and
+occlude each other; in the first frame their masks are disjoint, so every object is visible where a tracker is
+given it. An object's mask is the pixels where its ink's alpha is above 0.5; the frame's label map paints the
+masks in z-order, and an object's visibility is the fraction of its mask left visible.
+
+Videos draw from the "val" source digits of `mec.digits.split_sources` (the digits the offline pretraining never
+saw, with the same `val_fraction` and `seed`). The default style is the offline pretraining digits' (`VIDEO_STYLE`:
+one colour pair, no texture); `render_kwargs` are `DigitStyle` fields over it. Video i is seeded by (seed, i) in
+every format, so the three formats show the same videos; the same parameters give byte-identical files. Trees are
+written like `evals.detection.scenes`: into a temporary sibling, moved onto the root when complete with
+`manifest.json` (parameters and their hash); the same parameters leave it alone, other parameters replace it, and a
+non-empty folder without a manifest is never touched.
+
+    python -m evals.tracking.videos --format davis --output data/digit-videos-davis
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from evals.tracking.datasets import DAVIS_PALETTE, DAVIS_RESOLUTION, OTB_GROUNDTRUTH
+from mec.digits import (
+    BoundingBox,
+    DigitStyle,
+    colour_palette,
+    load_source_digits,
+    paste_digit,
+    split_sources,
+    textured_background,
+)
+
+FORMATS = ("davis", "otb", "mot")
+# Bump when the written files change for the same parameters, so existing trees get rewritten.
+VIDEOS_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MASK_ALPHA = 0.5
+# Side of a digit's 8x8 cell as a fraction of the canvas side: 16 to 32 pixels on the default 64x64 canvas.
+VIDEO_SCALE_RANGE = (0.25, 0.5)
+# The offline pretraining digits' style (mec/configs/digits.yaml): one colour pair, no texture, small rotations.
+VIDEO_STYLE = DigitStyle(palette_size=1, texture_strength=0.0, max_rotation_deg=10.0, scale_range=VIDEO_SCALE_RANGE)
+PLACEMENT_TRIES = 25
+JPEG_OPTIONS = {"quality": 95, "subsampling": 0}
+_INK_PROBE = np.ones(3, dtype=np.float32)
+DAVIS_SPLIT = "val"
+MOT_FRAME_RATE = 10
+# det/det.txt: ground-truth boxes moved by this many pixels (standard deviation, and a fraction of the size for
+# w and h), each dropped with probability DET_DROP (always when less than DET_MIN_VISIBILITY of it shows), and
+# on average DET_FALSE_POSITIVES boxes per frame that cover no digit.
+DET_JITTER_PX = 1.0
+DET_SIZE_JITTER = 0.05
+DET_DROP = 0.1
+DET_MIN_VISIBILITY = 0.25
+DET_FALSE_POSITIVES = 0.2
+
+
+@dataclass(frozen=True)
+class VideoObject:
+    """One moving digit: object id (1..K, also its z-order: higher ids in front), class, source digit, its box in
+    every frame int64 [T, 4] (x0, y0, x1, y1; end exclusive, always inside the canvas) and visibility float64 [T]
+    (the fraction of its mask not covered by digits in front of it)."""
+
+    object_id: int
+    label: int
+    source: int
+    boxes: np.ndarray
+    visibility: np.ndarray
+
+
+@dataclass(frozen=True)
+class Video:
+    """A rendered video: frames uint8 [T, H, W, 3], label maps uint8 [T, H, W] (0 background, object ids)."""
+
+    frames: np.ndarray
+    masks: np.ndarray
+    objects: tuple[VideoObject, ...]
+
+
+def _box_iou(a: BoundingBox, b: BoundingBox) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _ink_far_from(rng: np.random.Generator, background: np.ndarray, min_distance: float) -> np.ndarray:
+    """A random colour at least `min_distance` from `background`, else the farthest of the candidates drawn."""
+    candidates = rng.random((16, 3), dtype=np.float32)
+    distances = np.linalg.norm(candidates - background, axis=1)
+    far_enough = np.flatnonzero(distances >= min_distance)
+    return candidates[far_enough[0] if far_enough.size else int(np.argmax(distances))]
+
+
+def _trajectory(
+    rng: np.random.Generator, start: tuple[int, int], size: tuple[int, int], canvas: int, frames: int,
+    speed_range: tuple[float, float], jitter: float,
+) -> np.ndarray:
+    """Top-left corners int64 [T, 2] (x, y): constant velocity plus jitter, reflected at the borders."""
+    speed = rng.uniform(*speed_range)
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    velocity = np.array([speed * math.cos(angle), speed * math.sin(angle)])
+    limit = np.array([canvas - size[0], canvas - size[1]], dtype=np.float64)
+    position = np.array(start, dtype=np.float64)
+    corners = [np.array(start, dtype=np.int64)]
+    for _ in range(frames - 1):
+        position = position + velocity + rng.normal(0.0, jitter, 2)
+        for axis in range(2):
+            if limit[axis] <= 0:
+                position[axis] = 0.0
+                continue
+            # Reflect until inside (a step longer than the free range bounces more than once).
+            while not 0.0 <= position[axis] <= limit[axis]:
+                if position[axis] < 0.0:
+                    position[axis] = -position[axis]
+                else:
+                    position[axis] = 2.0 * limit[axis] - position[axis]
+                velocity[axis] = -velocity[axis]
+        corners.append(np.clip(np.round(position), 0, limit).astype(np.int64))
+    return np.stack(corners)
+
+
+def render_video(
+    rng: np.random.Generator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    pool: np.ndarray,
+    *,
+    frames: int = 20,
+    canvas: int = 64,
+    digits_per_video: tuple[int, int] = (1, 4),
+    speed_range: tuple[float, float] = (1.0, 3.0),
+    jitter: float = 0.5,
+    max_box_iou: float = 0.2,
+    style: DigitStyle = VIDEO_STYLE,
+) -> Video:
+    """One video of `frames` frames with `digits_per_video` (low, high; inclusive) digits drawn from `pool`.
+
+    In the first frame a digit is placed at most `PLACEMENT_TRIES` times, as in `evals.detection.scenes`: a
+    placement is kept when its box has an IoU of at most `max_box_iou` with the others' and its mask shares no
+    pixel with theirs; a digit that finds no place is left out (never the first).
+    """
+    background = ink = None
+    if style.palette_size:
+        palette = colour_palette(style.palette_size, style.min_colour_distance)
+        background, ink = palette[rng.integers(style.palette_size)]
+    pixels = textured_background(rng, canvas, canvas, style, flat=background)
+    occupied = np.zeros((canvas, canvas), dtype=bool)
+    sprites: list[tuple[int, np.ndarray, BoundingBox, np.ndarray]] = []  # source, alpha, first box, ink
+    for _ in range(int(rng.integers(digits_per_video[0], digits_per_video[1] + 1))):
+        source = int(pool[rng.integers(len(pool))])
+        for _ in range(PLACEMENT_TRIES):
+            # A white digit pasted on black gives its alpha (scale, rotation and first position) exactly.
+            probe = np.zeros((canvas, canvas, 3), dtype=np.float32)
+            box = paste_digit(probe, images[source], rng, style, ink=_INK_PROBE)
+            mask = probe[..., 0] > MASK_ALPHA
+            if mask.any() and not (mask & occupied).any() and all(
+                _box_iou(box, other[2]) <= max_box_iou for other in sprites
+            ):
+                occupied |= mask
+                alpha = probe[box[1] : box[3], box[0] : box[2], 0].copy()
+                colour = ink if ink is not None else _ink_far_from(rng, pixels.mean(axis=(0, 1)),
+                                                                    style.min_colour_distance)
+                sprites.append((source, alpha, box, np.asarray(colour, dtype=np.float32)))
+                break
+
+    corners = []
+    for _, alpha, box, _ in sprites:
+        height, width = alpha.shape
+        corners.append(_trajectory(rng, (box[0], box[1]), (width, height), canvas, frames, speed_range, jitter))
+
+    video = np.empty((frames, canvas, canvas, 3), dtype=np.uint8)
+    label_maps = np.zeros((frames, canvas, canvas), dtype=np.uint8)
+    full_area = [int((alpha > MASK_ALPHA).sum()) for _, alpha, _, _ in sprites]
+    visibility = np.zeros((len(sprites), frames))
+    for t in range(frames):
+        frame = pixels.copy()
+        for index, (_, alpha, _, colour) in enumerate(sprites):
+            x0, y0 = (int(v) for v in corners[index][t])
+            height, width = alpha.shape
+            region = frame[y0 : y0 + height, x0 : x0 + width]
+            region[...] = (1.0 - alpha[..., None]) * region + alpha[..., None] * colour
+            label_maps[t, y0 : y0 + height, x0 : x0 + width][alpha > MASK_ALPHA] = index + 1
+        if style.noise_std > 0:
+            frame += rng.normal(0.0, style.noise_std, frame.shape).astype(np.float32)
+        video[t] = np.round(np.clip(frame, 0.0, 1.0) * 255.0).astype(np.uint8)
+        counts = np.bincount(label_maps[t].ravel(), minlength=len(sprites) + 1)
+        visibility[:, t] = [counts[i + 1] / full_area[i] for i in range(len(sprites))]
+
+    objects = []
+    for index, (source, alpha, _, _) in enumerate(sprites):
+        height, width = alpha.shape
+        xy = corners[index]
+        boxes = np.concatenate([xy, xy + np.array([width, height])], axis=1).astype(np.int64)
+        objects.append(VideoObject(index + 1, int(labels[source]), source, boxes, visibility[index]))
+    return Video(video, label_maps, tuple(objects))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing the trees
+
+
+def _params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((root / MANIFEST_NAME).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def sequence_names(fmt: str, n_videos: int) -> list[str]:
+    """The sequence names a tree of `n_videos` videos in `fmt` has, in order."""
+    pattern = {"davis": "digits-{:03d}", "otb": "Digits{:03d}", "mot": "DIGITS-{:02d}"}[fmt]
+    return [pattern.format(index + 1) for index in range(n_videos)]
+
+
+def _expected_paths(params: dict[str, Any]) -> list[str]:
+    names = sequence_names(params["format"], params["n_videos"])
+    if params["format"] == "davis":
+        return [f"ImageSets/2017/{DAVIS_SPLIT}.txt"] + [
+            f"{kind}/{DAVIS_RESOLUTION}/{name}" for name in names for kind in ("JPEGImages", "Annotations")
+        ]
+    if params["format"] == "otb":
+        return [f"{name}/{OTB_GROUNDTRUTH}" for name in names]
+    return [f"{params['split']}/{name}/seqinfo.ini" for name in names]
+
+
+def _is_current(root: Path, params: dict[str, Any]) -> bool:
+    manifest = _read_manifest(root)
+    return (
+        manifest is not None
+        and manifest.get("params_hash") == _params_hash(params)
+        and all((root / path).exists() for path in _expected_paths(params))
+    )
+
+
+def _move_into_place(staging: Path, root: Path, params: dict[str, Any]) -> None:
+    """Swap the finished `staging` tree onto `root`; a concurrent writer of the same tree may win the race."""
+    retired = None
+    if root.exists():
+        if _is_current(root, params):
+            return
+        retired = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+        os.replace(root, retired)
+    try:
+        os.replace(staging, root)
+    except OSError:
+        if not _is_current(root, params):
+            raise
+    if retired is not None:
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def _style(render_kwargs: dict[str, Any]) -> DigitStyle:
+    allowed = {field.name for field in dataclasses.fields(DigitStyle)}
+    unknown = sorted(set(render_kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"unknown digit render parameters {unknown}; expected some of {sorted(allowed)}")
+    values = dataclasses.asdict(VIDEO_STYLE) | render_kwargs
+    return DigitStyle(**{key: tuple(v) if isinstance(v, list) else v for key, v in values.items()})
+
+
+def _video_params(
+    fmt: str,
+    *,
+    n_videos: int,
+    frames: int,
+    canvas: int,
+    seed: int,
+    val_fraction: float,
+    digits_per_video: Sequence[int],
+    speed_range: Sequence[float],
+    jitter: float,
+    max_box_iou: float,
+    render_kwargs: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if n_videos < 1:
+        raise ValueError(f"n_videos must be >= 1, got {n_videos!r}")
+    if frames < 2:
+        raise ValueError(f"frames must be >= 2, got {frames!r}")
+    if canvas < 16:
+        raise ValueError(f"canvas must be >= 16 pixels, got {canvas!r}")
+    low, high = (int(v) for v in digits_per_video)
+    if not 1 <= low <= high:
+        raise ValueError(f"digits_per_video must be (low, high) with 1 <= low <= high, got {digits_per_video!r}")
+    slow, fast = (float(v) for v in speed_range)
+    if not 0.0 <= slow <= fast:
+        raise ValueError(f"speed_range must be (low, high) with 0 <= low <= high, got {speed_range!r}")
+    if jitter < 0.0:
+        raise ValueError(f"jitter must be >= 0, got {jitter!r}")
+    if not 0.0 <= max_box_iou <= 1.0:
+        raise ValueError(f"max_box_iou must be in [0, 1], got {max_box_iou!r}")
+    return {
+        "videos_version": VIDEOS_VERSION,
+        "format": fmt,
+        "n_videos": n_videos,
+        "frames": frames,
+        "canvas": canvas,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "digits_per_video": [low, high],
+        "speed_range": [slow, fast],
+        "jitter": float(jitter),
+        "max_box_iou": max_box_iou,
+        "style": dataclasses.asdict(_style(render_kwargs)),
+        **extra,
+    }
+
+
+def render_videos(params: dict[str, Any]) -> list[Video]:
+    """The videos of a tree's parameters (as `_video_params` makes them; a manifest's "params"), video i seeded
+    by (seed, i) and drawn from the "val" source digits."""
+    images, labels = load_source_digits()
+    pool = split_sources(labels, params["val_fraction"], params["seed"])["val"]
+    style = DigitStyle(**{k: tuple(v) if isinstance(v, list) else v for k, v in params["style"].items()})
+    return [
+        render_video(
+            np.random.default_rng([params["seed"], index]),
+            images,
+            labels,
+            pool,
+            frames=params["frames"],
+            canvas=params["canvas"],
+            digits_per_video=tuple(params["digits_per_video"]),
+            speed_range=tuple(params["speed_range"]),
+            jitter=params["jitter"],
+            max_box_iou=params["max_box_iou"],
+            style=style,
+        )
+        for index in range(params["n_videos"])
+    ]
+
+
+def _write(root: str | Path, params: dict[str, Any], write_tree: Callable[[Path, dict[str, Any]], Any]) -> Path:
+    root = Path(root)
+    if _is_current(root, params):
+        return root
+    if root.exists() and _read_manifest(root) is None and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(
+            f"{root} is not empty and has no {MANIFEST_NAME}: refusing to replace a folder this function did not "
+            "write; choose another output folder or empty it"
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
+    try:
+        counts = write_tree(staging, params)
+        manifest = {"params": params, "params_hash": _params_hash(params), "counts": counts}
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _move_into_place(staging, root, params)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def _save_jpeg(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path, format="JPEG", **JPEG_OPTIONS)
+
+
+def _save_indexed_png(labels: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(labels)  # mode "L"; putpalette makes it "P"
+    image.putpalette(DAVIS_PALETTE.tobytes())
+    image.save(path, format="PNG", compress_level=9)
+
+
+def _write_davis_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
+    names = sequence_names("davis", params["n_videos"])
+    objects = 0
+    for name, video in zip(names, render_videos(params), strict=True):
+        frame_dir = target / "JPEGImages" / DAVIS_RESOLUTION / name
+        mask_dir = target / "Annotations" / DAVIS_RESOLUTION / name
+        frame_dir.mkdir(parents=True)
+        mask_dir.mkdir(parents=True)
+        for t, (frame, labels) in enumerate(zip(video.frames, video.masks, strict=True)):
+            _save_jpeg(frame, frame_dir / f"{t:05d}.jpg")
+            _save_indexed_png(labels, mask_dir / f"{t:05d}.png")
+        objects += len(video.objects)
+    (target / "ImageSets" / "2017").mkdir(parents=True)
+    (target / "ImageSets" / "2017" / f"{DAVIS_SPLIT}.txt").write_text("".join(f"{name}\n" for name in names))
+    return {"videos": len(names), "frames": len(names) * params["frames"], "objects": objects}
+
+
+def otb_line(box: Sequence[int]) -> str:
+    """An OTB ground-truth line for an end-exclusive 0-based box: x,y,w,h with x and y 1-based."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return f"{x0 + 1},{y0 + 1},{x1 - x0},{y1 - y0}"
+
+
+def _write_otb_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
+    names = sequence_names("otb", params["n_videos"])
+    for name, video in zip(names, render_videos(params), strict=True):
+        (target / name / "img").mkdir(parents=True)
+        for t, frame in enumerate(video.frames):
+            _save_jpeg(frame, target / name / "img" / f"{t + 1:04d}.jpg")
+        # The tracked digit is object 1, at the back: the others pass in front of it.
+        lines = [otb_line(box) for box in video.objects[0].boxes]
+        (target / name / OTB_GROUNDTRUTH).write_text("".join(f"{line}\n" for line in lines))
+    return {"videos": len(names), "frames": len(names) * params["frames"]}
+
+
+def _detections(rng: np.random.Generator, video: Video, canvas: int) -> list[tuple[int, list[float], float]]:
+    """(frame, [x0, y0, x1, y1], score) of a simulated detector: jittered ground truth, misses, false positives."""
+    detections = []
+    sizes = np.array([obj.boxes[0, 2:] - obj.boxes[0, :2] for obj in video.objects], dtype=np.float64)
+    for t in range(len(video.frames)):
+        for obj in video.objects:
+            drop = rng.random() < DET_DROP
+            x0, y0, x1, y1 = obj.boxes[t].astype(np.float64)
+            width, height = x1 - x0, y1 - y0
+            cx = (x0 + x1) / 2 + rng.normal(0.0, DET_JITTER_PX)
+            cy = (y0 + y1) / 2 + rng.normal(0.0, DET_JITTER_PX)
+            width *= 1.0 + rng.normal(0.0, DET_SIZE_JITTER)
+            height *= 1.0 + rng.normal(0.0, DET_SIZE_JITTER)
+            score = rng.uniform(0.6, 1.0)
+            if drop or obj.visibility[t] < DET_MIN_VISIBILITY:
+                continue
+            box = np.clip([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], 0, canvas)
+            detections.append((t + 1, box.tolist(), score))
+        for _ in range(int(rng.poisson(DET_FALSE_POSITIVES))):
+            width, height = np.minimum(sizes[rng.integers(len(sizes))] * rng.uniform(0.8, 1.2), canvas)
+            x0, y0 = rng.uniform(0, canvas - width), rng.uniform(0, canvas - height)
+            detections.append((t + 1, [x0, y0, x0 + width, y0 + height], rng.uniform(0.3, 0.7)))
+    return detections
+
+
+def _write_mot_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
+    names = sequence_names("mot", params["n_videos"])
+    canvas = params["canvas"]
+    boxes = detections = 0
+    for index, (name, video) in enumerate(zip(names, render_videos(params), strict=True)):
+        folder = target / params["split"] / name
+        for sub in ("img1", "gt", "det"):
+            (folder / sub).mkdir(parents=True)
+        for t, frame in enumerate(video.frames):
+            _save_jpeg(frame, folder / "img1" / f"{t + 1:06d}.jpg")
+        # MOT16/17 gt: frame, id, bb_left, bb_top, width, height (1-based pixels), conf, class (1 pedestrian), vis.
+        gt = []
+        for t in range(params["frames"]):
+            for obj in video.objects:
+                x0, y0, x1, y1 = (int(v) for v in obj.boxes[t])
+                gt.append(f"{t + 1},{obj.object_id},{x0 + 1},{y0 + 1},{x1 - x0},{y1 - y0},1,1,"
+                          f"{obj.visibility[t]:.4f}\n")
+        (folder / "gt" / "gt.txt").write_text("".join(gt))
+        det_rng = np.random.default_rng([params["seed"], index, 1])
+        det = [
+            f"{frame},-1,{x0 + 1:.2f},{y0 + 1:.2f},{x1 - x0:.2f},{y1 - y0:.2f},{score:.4f},-1,-1,-1\n"
+            for frame, (x0, y0, x1, y1), score in _detections(det_rng, video, canvas)
+        ]
+        (folder / "det" / "det.txt").write_text("".join(det))
+        (folder / "seqinfo.ini").write_text(
+            "[Sequence]\n"
+            f"name={name}\n"
+            "imDir=img1\n"
+            f"frameRate={MOT_FRAME_RATE}\n"
+            f"seqLength={params['frames']}\n"
+            f"imWidth={canvas}\n"
+            f"imHeight={canvas}\n"
+            "imExt=.jpg\n"
+        )
+        boxes += len(gt)
+        detections += len(det)
+    return {"videos": len(names), "frames": len(names) * params["frames"], "boxes": boxes, "detections": detections}
+
+
+_TREE_WRITERS = {"davis": _write_davis_tree, "otb": _write_otb_tree, "mot": _write_mot_tree}
+
+
+def write_videos(
+    fmt: str,
+    root: str | Path,
+    *,
+    n_videos: int = 10,
+    frames: int = 20,
+    canvas: int = 64,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    digits_per_video: Sequence[int] = (1, 4),
+    speed_range: Sequence[float] = (1.0, 3.0),
+    jitter: float = 0.5,
+    max_box_iou: float = 0.2,
+    split: str = "train",
+    **render_kwargs: Any,
+) -> Path:
+    """Write `n_videos` digit videos of `frames` frames at `root` in `fmt` ("davis", "otb" or "mot") and return
+    `root`. `split` is the MOT split folder (ignored by the others); `render_kwargs` are `DigitStyle` fields
+    over `VIDEO_STYLE`.
+
+    davis: `root/JPEGImages/480p/digits-NNN/00000.jpg...`, `root/Annotations/480p/digits-NNN/00000.png...`
+        (indexed PNGs with `DAVIS_PALETTE`: 0 background, 1..K the objects in z-order), `root/ImageSets/2017/val.txt`.
+    otb: `root/DigitsNNN/img/0001.jpg...` and `root/DigitsNNN/groundtruth_rect.txt` (x,y,w,h of object 1, the
+        digit at the back, per frame; 1-based pixels).
+    mot: `root/<split>/DIGITS-NN/img1/000001.jpg...`, `gt/gt.txt` (frame,id,x,y,w,h,1,1,visibility),
+        `det/det.txt` (frame,-1,x,y,w,h,score,-1,-1,-1: jittered ground truth, some missed, a few false
+        positives) and `seqinfo.ini`.
+    Every tree also has `root/manifest.json`.
+    """
+    extra = {"split": split} if fmt == "mot" else {}
+    params = _video_params(
+        fmt, n_videos=n_videos, frames=frames, canvas=canvas, seed=seed, val_fraction=val_fraction,
+        digits_per_video=digits_per_video, speed_range=speed_range, jitter=jitter, max_box_iou=max_box_iou,
+        render_kwargs=render_kwargs, **extra,
+    )
+    return _write(root, params, _TREE_WRITERS[fmt])
+
+
+def write_davis_videos(root: str | Path, **kwargs: Any) -> Path:
+    """`write_videos("davis", root, **kwargs)`."""
+    return write_videos("davis", root, **kwargs)
+
+
+def write_otb_videos(root: str | Path, **kwargs: Any) -> Path:
+    """`write_videos("otb", root, **kwargs)`."""
+    return write_videos("otb", root, **kwargs)
+
+
+def write_mot_videos(root: str | Path, **kwargs: Any) -> Path:
+    """`write_videos("mot", root, **kwargs)`."""
+    return write_videos("mot", root, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.tracking.videos",
+        description="Write the offline tracking data set (videos of moving UCI digits) as DAVIS-2017, OTB or MOT.",
+    )
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--output", type=Path, required=True, help="the tree's root folder")
+    parser.add_argument("--n-videos", type=int, default=10)
+    parser.add_argument("--frames", type=int, default=20, help="frames per video")
+    parser.add_argument("--canvas", type=int, default=64, help="frame side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="train", help="MOT split folder (default train)")
+    args = parser.parse_args(argv)
+    try:
+        root = write_videos(args.format, args.output, n_videos=args.n_videos, frames=args.frames,
+                            canvas=args.canvas, seed=args.seed, split=args.split)
+    except (ValueError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = json.loads((root / MANIFEST_NAME).read_text())["counts"]
+    print(f"{args.format} digit videos in {root}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

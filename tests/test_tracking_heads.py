@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL
 
-from evals.tracking import mot, sot, vos
+from evals.tracking import appearance, mot, sot, vos
 from evals.tracking.appearance import AppearanceModel, normalization
 from mec.augment import IMAGENET_MEAN, IMAGENET_STD
+from mec.checkpoint import export_backbone
+from mec.config import build_config
 from mec.models import build_backbone
 
 torch.set_num_threads(1)
@@ -99,6 +102,22 @@ def test_cifar_stem_resnet18_keeps_natural_strides():
     assert not model.training  # frozen: BatchNorm keeps its running statistics
     with pytest.raises(ValueError, match="down-sampled before layer3"):
         AppearanceModel(build_backbone("resnet50", width=8), IMAGENET_MEAN, IMAGENET_STD, stride=4)
+
+
+def test_from_backbone_file_loads_an_exported_backbone(tmp_path):
+    cfg = build_config({"name": "tiny", "data": {"augment": "digits", "image_size": 16}, "model": TINY_MODEL})
+    torch.manual_seed(0)
+    net = build_backbone(TINY_MODEL["arch"], width=TINY_MODEL["width"], cifar_stem=True, zero_init_residual=False)
+    path = export_backbone(net.state_dict(), tmp_path / "backbone.pt", {"arch": "resnet18"})
+    model = appearance.from_backbone_file(path, cfg)
+    assert model.stride == 4
+    torch.testing.assert_close(model.mean.flatten(), torch.full((3,), 0.5 * 255))
+    frame = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    net.eval()
+    with torch.no_grad():
+        x = (torch.from_numpy(frame).float().permute(2, 0, 1)[None] / 255 - 0.5) / 0.5
+        x = net.layer3(net.layer2(net.layer1(net.relu(net.bn1(net.conv1(x))))))
+    torch.testing.assert_close(model.features([frame]), F.normalize(x, dim=1), rtol=1e-4, atol=1e-5)
 
 
 def test_normalization_follows_the_config_recipe():

@@ -124,8 +124,12 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _write_atomically(path: Path, write: Any) -> Path:
-    """Call ``write(handle)`` on a temporary sibling, flush + fsync, rename onto ``path``, fsync the directory."""
+def write_atomically(path: Path, write: Any) -> Path:
+    """Call ``write(handle)`` on a temporary sibling, flush + fsync, rename onto ``path``, fsync the directory.
+
+    A crash or a kill at any point leaves the old file (or none) and at most a ``<stem>.tmp-<pid>`` sibling,
+    never a torn ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".tmp-{os.getpid()}")
@@ -144,7 +148,7 @@ def _write_atomically(path: Path, write: Any) -> Path:
 
 def write_text_atomically(path: Path, text: str) -> Path:
     """A small text file (a stage record, a split list) written so that readers never see half of it."""
-    return _write_atomically(path, lambda handle: handle.write(text.encode()))
+    return write_atomically(path, lambda handle: handle.write(text.encode()))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
@@ -156,7 +160,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     if type(state) not in _MAPPING_TYPES:
         raise ValueError(f"state must be a dict, got {type(state).__qualname__}")
     _check_weights_only_safe(state, "state")
-    return _write_atomically(Path(path), lambda handle: torch.save(state, handle))
+    return write_atomically(Path(path), lambda handle: torch.save(state, handle))
 
 
 def checkpoint_path(directory: Path, epoch: int) -> Path:

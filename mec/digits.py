@@ -13,12 +13,7 @@ several digits (detection) or digits moving over frames (tracking) can be built 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,9 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mec.trees import write_tree
+
 # Bump when the rendered pixels change for the same parameters, so existing trees get rewritten.
 RENDERER_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val")
 NUM_CLASSES = 10
 # sklearn's digits count ink in 0..16 per 8x8 cell.
@@ -249,26 +245,6 @@ def split_sources(labels: np.ndarray, val_fraction: float, seed: int) -> dict[st
     return {"train": np.sort(np.concatenate(train)), "val": np.sort(np.concatenate(val))}
 
 
-def _params_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
-def _read_manifest(root: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((root / MANIFEST_NAME).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-
-
-def _is_current(root: Path, params_hash: str) -> bool:
-    manifest = _read_manifest(root)
-    return (
-        manifest is not None
-        and manifest.get("params_hash") == params_hash
-        and all((root / split).is_dir() for split in SPLITS)
-    )
-
-
 def _render_tree(
     target: Path,
     images: np.ndarray,
@@ -295,22 +271,14 @@ def _render_tree(
     return counts
 
 
-def _move_into_place(staging: Path, root: Path, params_hash: str) -> None:
-    """Swap the finished `staging` tree onto `root`; a concurrent writer of the same tree may win the race."""
-    retired = None
-    if root.exists():
-        if _is_current(root, params_hash):
-            return
-        # os.replace cannot overwrite a non-empty directory: move the old tree aside first.
-        retired = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.replace(root, retired)
-    try:
-        os.replace(staging, root)
-    except OSError:
-        if not _is_current(root, params_hash):
-            raise
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
+def digit_style(render_kwargs: dict[str, Any], base: DigitStyle | None = None) -> DigitStyle:
+    """``base`` (default: `DigitStyle()`) with ``render_kwargs`` applied; an unknown knob raises naming it."""
+    allowed = {field.name for field in dataclasses.fields(DigitStyle)}
+    unknown = sorted(set(render_kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"unknown digit render parameters {unknown}; expected some of {sorted(allowed)}")
+    values = dataclasses.asdict(base or DigitStyle()) | render_kwargs
+    return DigitStyle(**{key: tuple(v) if isinstance(v, list) else v for key, v in values.items()})
 
 
 def write_digit_folders(
@@ -334,12 +302,7 @@ def write_digit_folders(
     nothing; different parameters replace the tree. A non-empty `root` without a manifest is never touched.
     Returns `root`.
     """
-    root = Path(root)
-    allowed = {field.name for field in dataclasses.fields(DigitStyle)}
-    unknown = sorted(set(render_kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"unknown digit render parameters {unknown}; expected some of {sorted(allowed)}")
-    style = DigitStyle(**{key: tuple(v) if isinstance(v, list) else v for key, v in render_kwargs.items()})
+    style = digit_style(render_kwargs)
     for name, value in (("variants_train", variants_train), ("variants_val", variants_val)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value!r}")
@@ -354,24 +317,10 @@ def write_digit_folders(
         "seed": seed,
         "style": dataclasses.asdict(style),
     }
-    params_hash = _params_hash(params)
-    if _is_current(root, params_hash):
-        return root
-    if root.exists() and _read_manifest(root) is None and any(root.iterdir()):
-        raise FileExistsError(
-            f"{root} is not empty and has no {MANIFEST_NAME}: refusing to replace a folder this function did not "
-            "write; choose another data root or empty it"
-        )
 
-    images, labels = load_source_digits()
-    sources = split_sources(labels, val_fraction, seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
-    try:
-        counts = _render_tree(staging, images, labels, sources, params["variants"], size=size, seed=seed, style=style)
-        manifest = {"params": params, "params_hash": params_hash, "counts": counts}
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _move_into_place(staging, root, params_hash)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    def render(staging: Path) -> dict[str, int]:
+        images, labels = load_source_digits()
+        sources = split_sources(labels, val_fraction, seed)
+        return _render_tree(staging, images, labels, sources, params["variants"], size=size, seed=seed, style=style)
+
+    return write_tree(root, params, SPLITS, render)

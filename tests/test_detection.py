@@ -327,7 +327,7 @@ def test_digits_voc_trains_logs_to_mlflow_and_resumes_after_a_preemption(tmp_pat
     assert [m.step for m in client.get_metric_history(job.run_id, "detection/lr")] == [1, 2, 3, 4]
     assert client.get_metric_history(job.run_id, "detection/AP50")[0].value == metrics["detection/AP50"]
     assert "detection/config.yaml" in [a.path for a in client.list_artifacts(job.run_id, "detection")]
-    assert (out / "model_final.pth").is_file() and not list(out.glob(".*tmp-*"))
+    assert (out / "model_final.pth").is_file() and not list(out.glob("*.tmp-*"))
     # Nothing left to train: a third run evaluates the final model again and logs nothing twice.
     again = run_protocol(job)
     assert again == metrics

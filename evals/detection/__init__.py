@@ -31,10 +31,12 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evals import DETECTION_SCENE_RECIPES
-from evals.job import EvalJob
+
+if TYPE_CHECKING:  # the scenes CLI and the DAG's scenes stage import this package without torch or MLflow
+    from evals.job import EvalJob
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,6 @@ and the keys), then every key is renamed by an explicit pattern; a key no patter
 
 from __future__ import annotations
 
-import errno
-import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -122,35 +120,6 @@ def check_expected(meta: Mapping[str, Any], expected: Mapping[str, Any], path: s
         raise ConversionError(f"backbone {path} is not the network {what} expects: {', '.join(wrong)}")
 
 
-def write_atomically(path: str | Path, write: Any) -> Path:
-    """``write(handle)`` into a temporary sibling, flush + fsync, rename onto ``path``, fsync the directory.
-
-    A crash or a kill at any point leaves the old file (or none) and at most a ``.<name>.tmp-<pid>`` sibling,
-    never a torn ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as error:  # some network file systems cannot sync a directory; the rename is done
-        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    finally:
-        os.close(fd)
-    return path
-
-
 def convert_backbone(path: str | Path, output: str | Path, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Check ``path`` strictly against ``meta`` (default: its own metadata) and write detectron2 weights.
 
@@ -177,7 +146,7 @@ def convert_backbone(path: str | Path, output: str | Path, meta: Mapping[str, An
     record = {"arch": arch, "width": width, "cifar_stem": cifar_stem, "source": str(path),
               "sha256": ckpt.file_sha256(path), "keys": len(weights)}
     payload = {"model": weights, "__author__": AUTHOR, "matching_heuristics": True, "mec_backbone": record}
-    write_atomically(output, lambda handle: pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL))
+    ckpt.write_atomically(output, lambda handle: pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL))
     return record
 
 

@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,17 +36,18 @@ from mec.digits import (
     BoundingBox,
     DigitStyle,
     colour_palette,
+    digit_style,
     load_source_digits,
     paste_digit,
     split_sources,
     textured_background,
 )
+from mec.trees import MANIFEST_NAME, write_tree
 
 DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FORMATS = ("voc", "coco")
 # Bump when the written files change for the same parameters, so existing trees get rewritten.
 SCENES_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 # A digit's mask: the pixels where its ink covers more than half of the background.
 MASK_ALPHA = 0.5
 # Side of a digit's 8x8 cell as a fraction of the canvas side: 16 to 32 pixels on the default 64x64 canvas.
@@ -231,56 +228,10 @@ def filled_mask(mask: np.ndarray) -> np.ndarray:
 # Writing the trees
 
 
-def _params_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
-def _read_manifest(root: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((root / MANIFEST_NAME).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-
-
 def _expected_paths(fmt: str) -> tuple[str, ...]:
     if fmt == "voc":
         return ("Annotations", "JPEGImages", "ImageSets/Main/trainval.txt", "ImageSets/Main/test.txt")
     return ("annotations/instances_train2017.json", "annotations/instances_val2017.json", "train2017", "val2017")
-
-
-def _is_current(root: Path, params: dict[str, Any]) -> bool:
-    manifest = _read_manifest(root)
-    return (
-        manifest is not None
-        and manifest.get("params_hash") == _params_hash(params)
-        and all((root / path).exists() for path in _expected_paths(params["format"]))
-    )
-
-
-def _move_into_place(staging: Path, root: Path, params: dict[str, Any]) -> None:
-    """Swap the finished `staging` tree onto `root`; a concurrent writer of the same tree may win the race."""
-    retired = None
-    if root.exists():
-        if _is_current(root, params):
-            return
-        retired = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.replace(root, retired)
-    try:
-        os.replace(staging, root)
-    except OSError:
-        if not _is_current(root, params):
-            raise
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
-def _style(render_kwargs: dict[str, Any]) -> DigitStyle:
-    allowed = {field.name for field in dataclasses.fields(DigitStyle)}
-    unknown = sorted(set(render_kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"unknown digit render parameters {unknown}; expected some of {sorted(allowed)}")
-    values = {"scale_range": SCENE_SCALE_RANGE, **render_kwargs}
-    return DigitStyle(**{key: tuple(v) if isinstance(v, list) else v for key, v in values.items()})
 
 
 def _scene_params(
@@ -313,7 +264,7 @@ def _scene_params(
         "val_fraction": val_fraction,
         "digits_per_image": [low, high],
         "max_box_iou": max_box_iou,
-        "style": dataclasses.asdict(_style(render_kwargs)),
+        "style": dataclasses.asdict(digit_style(render_kwargs, SCENE_STYLE)),
     }
 
 
@@ -337,25 +288,8 @@ def _scenes(params: dict[str, Any], split: str, count: int) -> list[Scene]:
     ]
 
 
-def _write(root: str | Path, params: dict[str, Any], write_tree: Any) -> Path:
-    root = Path(root)
-    if _is_current(root, params):
-        return root
-    if root.exists() and _read_manifest(root) is None and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
-            f"{root} is not empty and has no {MANIFEST_NAME}: refusing to replace a folder this function did not "
-            "write; choose another output folder or empty it"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
-    try:
-        counts = write_tree(staging, params)
-        manifest = {"params": params, "params_hash": _params_hash(params), "counts": counts}
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _move_into_place(staging, root, params)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+def _write(root: str | Path, params: dict[str, Any], write: Callable[[Path, dict[str, Any]], Any]) -> Path:
+    return write_tree(root, params, _expected_paths(params["format"]), lambda staging: write(staging, params))
 
 
 def _save_jpeg(image: np.ndarray, path: Path) -> None:

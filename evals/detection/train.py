@@ -32,8 +32,8 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
 
-from evals.detection.convert import write_atomically
 from evals.detection.modeling import DetectionModelError, missing_pretrained_keys
+from mec import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +59,11 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        write_atomically(save_file, lambda handle: torch.save(data, handle))
+        ckpt.write_atomically(save_file, lambda handle: torch.save(data, handle))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        write_atomically(os.path.join(self.save_dir, "last_checkpoint"),
+        ckpt.write_atomically(os.path.join(self.save_dir, "last_checkpoint"),
                          lambda handle: handle.write(last_filename_basename.encode()))
 
     def _load_model(self, checkpoint: Any) -> Any:

@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +40,17 @@ from mec.digits import (
     BoundingBox,
     DigitStyle,
     colour_palette,
+    digit_style,
     load_source_digits,
     paste_digit,
     split_sources,
     textured_background,
 )
+from mec.trees import MANIFEST_NAME, write_tree
 
 FORMATS = ("davis", "otb", "mot")
 # Bump when the written files change for the same parameters, so existing trees get rewritten.
 VIDEOS_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 MASK_ALPHA = 0.5
 # Side of a digit's 8x8 cell as a fraction of the canvas side: 16 to 32 pixels on the default 64x64 canvas.
 VIDEO_SCALE_RANGE = (0.25, 0.5)
@@ -221,17 +218,6 @@ def render_video(
 # Writing the trees
 
 
-def _params_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
-def _read_manifest(root: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((root / MANIFEST_NAME).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-
-
 def sequence_names(fmt: str, n_videos: int) -> list[str]:
     """The sequence names a tree of `n_videos` videos in `fmt` has, in order."""
     pattern = {"davis": "digits-{:03d}", "otb": "Digits{:03d}", "mot": "DIGITS-{:02d}"}[fmt]
@@ -247,41 +233,6 @@ def _expected_paths(params: dict[str, Any]) -> list[str]:
     if params["format"] == "otb":
         return [f"{name}/{OTB_GROUNDTRUTH}" for name in names]
     return [f"{params['split']}/{name}/seqinfo.ini" for name in names]
-
-
-def _is_current(root: Path, params: dict[str, Any]) -> bool:
-    manifest = _read_manifest(root)
-    return (
-        manifest is not None
-        and manifest.get("params_hash") == _params_hash(params)
-        and all((root / path).exists() for path in _expected_paths(params))
-    )
-
-
-def _move_into_place(staging: Path, root: Path, params: dict[str, Any]) -> None:
-    """Swap the finished `staging` tree onto `root`; a concurrent writer of the same tree may win the race."""
-    retired = None
-    if root.exists():
-        if _is_current(root, params):
-            return
-        retired = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.replace(root, retired)
-    try:
-        os.replace(staging, root)
-    except OSError:
-        if not _is_current(root, params):
-            raise
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
-def _style(render_kwargs: dict[str, Any]) -> DigitStyle:
-    allowed = {field.name for field in dataclasses.fields(DigitStyle)}
-    unknown = sorted(set(render_kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"unknown digit render parameters {unknown}; expected some of {sorted(allowed)}")
-    values = dataclasses.asdict(VIDEO_STYLE) | render_kwargs
-    return DigitStyle(**{key: tuple(v) if isinstance(v, list) else v for key, v in values.items()})
 
 
 def _video_params(
@@ -329,7 +280,7 @@ def _video_params(
         "speed_range": [slow, fast],
         "jitter": float(jitter),
         "max_box_iou": max_box_iou,
-        "style": dataclasses.asdict(_style(render_kwargs)),
+        "style": dataclasses.asdict(digit_style(render_kwargs, VIDEO_STYLE)),
         **extra,
     }
 
@@ -358,25 +309,8 @@ def render_videos(params: dict[str, Any]) -> list[Video]:
     ]
 
 
-def _write(root: str | Path, params: dict[str, Any], write_tree: Callable[[Path, dict[str, Any]], Any]) -> Path:
-    root = Path(root)
-    if _is_current(root, params):
-        return root
-    if root.exists() and _read_manifest(root) is None and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(
-            f"{root} is not empty and has no {MANIFEST_NAME}: refusing to replace a folder this function did not "
-            "write; choose another output folder or empty it"
-        )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
-    try:
-        counts = write_tree(staging, params)
-        manifest = {"params": params, "params_hash": _params_hash(params), "counts": counts}
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _move_into_place(staging, root, params)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+def _write(root: str | Path, params: dict[str, Any], write: Callable[[Path, dict[str, Any]], Any]) -> Path:
+    return write_tree(root, params, _expected_paths(params), lambda staging: write(staging, params))
 
 
 def _save_jpeg(image: np.ndarray, path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from evals.tracking.metrics import (
     boundary_measure,
     davis_scores,
+    mot_benchmark_scores,
     mot_scores,
     otb_precision,
     otb_success_auc,
@@ -171,6 +172,21 @@ def test_mot_missed_and_false_boxes(gt_rows):
     pred = np.vstack([gt_rows[gt_rows[:, 1] == 1], [[1, 9, 400, 400, 20, 40]]])  # gt 2 missed, one false box
     scores = mot_scores(gt_rows, pred, num_frames=6)
     assert scores["FN"] == 4 and scores["FP"] == 1 and scores["MOTA"] == pytest.approx(1 - 5 / 8)
+
+
+def test_mot_benchmark_combines_counts_not_scores(gt_rows):
+    pytest.importorskip("trackeval")
+    switched = gt_rows.copy()
+    switched[(switched[:, 1] == 1) & (switched[:, 0] >= 3), 1] = 7
+    missed = gt_rows[gt_rows[:, 1] == 1]  # the second sequence: gt 2 never found (4 misses)
+    scores = mot_benchmark_scores([(gt_rows, switched, None), (gt_rows, missed, None)])
+    assert scores["IDSW"] == 1 and scores["FN"] == 4
+    # MOTA over the 16 gt boxes of both: 1 - (1 switch + 4 misses) / 16, not the mean of 7/8 and 1/2
+    assert scores["MOTA"] == pytest.approx(1 - 5 / 16)
+    # IDF1 from summed IDTP = 6 + 4 over 16 gt and 12 predicted boxes
+    assert scores["IDF1"] == pytest.approx(2 * 10 / (16 + 12))
+    with pytest.raises(ValueError, match="at least one sequence"):
+        mot_benchmark_scores([])
 
 
 def test_mot_rejects_bad_input(gt_rows):

@@ -255,25 +255,11 @@ def _write_mot_file(path: Path, rows: np.ndarray, defaults: tuple[float, ...]) -
             handle.write(f"{int(row[0])},{int(row[1])}," + ",".join(repr(float(v)) for v in row[2:]) + "\n")
 
 
-def mot_scores(gt_rows: np.ndarray, pred_rows: np.ndarray, num_frames: int | None = None,
-               benchmark: str = "MOT17") -> dict[str, float]:
-    """MOTChallenge scores of one sequence, by TrackEval (HOTA, CLEAR and Identity on the MOTChallenge 2D-box data).
-
-    `gt_rows` [N, 6..9]: (frame, id, x, y, w, h[, consider, class, visibility]) as gt.txt; rows without the last
-    three count as considered pedestrians (1, 1, 1). `pred_rows` [M, >=6]: (frame, id, x, y, w, h[, conf, ...]) as a
-    tracker's result file. Frames count from 1; `num_frames` (seqinfo.ini's seqLength) defaults to the last frame of
-    either. TrackEval's MOTChallenge preprocessing applies (`benchmark` MOT16/MOT17/MOT20; MOT15 skips it): predictions
-    matched (IoU >= 0.5) to distractor classes are dropped, and only considered pedestrian rows are ground truth.
-    Boxes match at IoU >= 0.5 for MOTA / IDF1; HOTA averages over the 19 IoU thresholds 0.05..0.95.
-
-    Returns HOTA, DetA, AssA, LocA; MOTA, MOTP, IDSW, FP, FN, Frag, MT, ML; IDF1, IDP, IDR (fractions, counts as
-    floats). Several sequences combine by TrackEval's `combine_sequences`, not by averaging these numbers.
-    """
+def _mot_sequence_results(gt_rows: Any, pred_rows: Any, num_frames: int | None, benchmark: str,
+                          metrics: Sequence[Any]) -> list[dict[str, Any]]:
+    """TrackEval's per-sequence results of ``metrics`` for one sequence (see `mot_scores`)."""
     from trackeval.datasets import MotChallenge2DBox
-    from trackeval.metrics import CLEAR, HOTA, Identity
 
-    if benchmark not in MOT_BENCHMARKS:
-        raise ValueError(f"expected benchmark in {MOT_BENCHMARKS}, got {benchmark!r}")
     gt, pred = _mot_rows(gt_rows, "ground-truth"), _mot_rows(pred_rows, "predicted")
     last_frame = int(max(gt[:, 0].max(initial=0), pred[:, 0].max(initial=0)))
     if num_frames is None:
@@ -290,9 +276,40 @@ def mot_scores(gt_rows: np.ndarray, pred_rows: np.ndarray, num_frames: int | Non
             "PRINT_CONFIG": False})
         raw = dataset.get_raw_seq_data("pred", "seq")
     data = dataset.get_preprocessed_seq_data(raw, "pedestrian")
-    hota = HOTA().eval_sequence(data)
-    clear = CLEAR({"PRINT_CONFIG": False}).eval_sequence(data)
-    identity = Identity({"PRINT_CONFIG": False}).eval_sequence(data)
+    return [metric.eval_sequence(data) for metric in metrics]
+
+
+def mot_scores(gt_rows: np.ndarray, pred_rows: np.ndarray, num_frames: int | None = None,
+               benchmark: str = "MOT17") -> dict[str, float]:
+    """MOTChallenge scores of one sequence, by TrackEval (HOTA, CLEAR and Identity on the MOTChallenge 2D-box data).
+
+    `gt_rows` [N, 6..9]: (frame, id, x, y, w, h[, consider, class, visibility]) as gt.txt; rows without the last
+    three count as considered pedestrians (1, 1, 1). `pred_rows` [M, >=6]: (frame, id, x, y, w, h[, conf, ...]) as a
+    tracker's result file. Frames count from 1; `num_frames` (seqinfo.ini's seqLength) defaults to the last frame of
+    either. TrackEval's MOTChallenge preprocessing applies (`benchmark` MOT16/MOT17/MOT20; MOT15 skips it): predictions
+    matched (IoU >= 0.5) to distractor classes are dropped, and only considered pedestrian rows are ground truth.
+    Boxes match at IoU >= 0.5 for MOTA / IDF1; HOTA averages over the 19 IoU thresholds 0.05..0.95.
+
+    Returns HOTA, DetA, AssA, LocA; MOTA, MOTP, IDSW, FP, FN, Frag, MT, ML; IDF1, IDP, IDR (fractions, counts as
+    floats). Several sequences: `mot_benchmark_scores`.
+    """
+    return mot_benchmark_scores([(gt_rows, pred_rows, num_frames)], benchmark)
+
+
+def mot_benchmark_scores(sequences: Sequence[tuple[Any, Any, int | None]], benchmark: str = "MOT17") -> dict[str, float]:
+    """`mot_scores` of a benchmark's sequences together, each given as (gt_rows, pred_rows, num_frames): TrackEval
+    combines the sequences' counts (`combine_sequences`, its "COMBINED_SEQ" row), not their scores' averages."""
+    from trackeval.metrics import CLEAR, HOTA, Identity
+
+    if benchmark not in MOT_BENCHMARKS:
+        raise ValueError(f"expected benchmark in {MOT_BENCHMARKS}, got {benchmark!r}")
+    if not sequences:
+        raise ValueError("expected at least one sequence to score, got none")
+    metrics = (HOTA(), CLEAR({"PRINT_CONFIG": False}), Identity({"PRINT_CONFIG": False}))
+    per_sequence = [_mot_sequence_results(gt, pred, frames, benchmark, metrics) for gt, pred, frames in sequences]
+    hota, clear, identity = (
+        metric.combine_sequences({str(i): results[m] for i, results in enumerate(per_sequence)})
+        for m, metric in enumerate(metrics))
     scores = {name: float(np.mean(hota[name])) for name in ("HOTA", "DetA", "AssA", "LocA")}
     scores.update({name: float(clear[name]) for name in ("MOTA", "MOTP", "IDSW", "Frag", "MT", "ML")})
     scores.update(FP=float(clear["CLR_FP"]), FN=float(clear["CLR_FN"]))

@@ -27,6 +27,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/detection.smk"
+include: "workflow/rules/tracking.smk"
 include: "workflow/rules/tables.smk"
 
 

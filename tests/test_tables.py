@@ -59,8 +59,11 @@ def store(tmp_path):
             _run(client, exp_id, "evaluate", {"eval.recipe": "voc0712", "eval.lr": lr, "eval.seed": seed},
                  {"mec.protocol": "detection", "mec.evaluation": f"voc_lr{lr}_s{seed}"},
                  {"detection/AP50": ap50 + seed / 100, "detection/AP": 0.57, "detection/AP75": 0.64}, parent=pre800)
-    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "tracking_sot", "mec.evaluation": "sot"},
+    _run(client, exp_id, "evaluate", {"eval.task": "sot"}, {"mec.protocol": "tracking", "mec.evaluation": "sot"},
          {"tracking/AUC": 0.625}, parent=pre800)
+    _run(client, exp_id, "evaluate", {"eval.task": "posetrack"},
+         {"mec.protocol": "tracking", "mec.evaluation": "posetrack"}, {"tracking/IDF1": 0.7, "tracking/IDSW": 12.0},
+         parent=pre800)
     _run(client, exp_id, "evaluate", {"eval.dataset": "Food101"}, {"mec.protocol": "transfer",
                                                                    "mec.evaluation": "food"},
          {"transfer/score": 0.756}, parent=pre800)
@@ -108,6 +111,8 @@ def test_paper_tables_hold_values_spread_missing_cells_and_run_ids(store, tmp_pa
     assert _row(t3, "COCO", "mask AP")["ours"] == "n/a"
     t4 = pd.read_csv(tmp_path / "tables" / "table4_tracking.csv", keep_default_na=False)
     assert _row(t4, "SOT", "AUC")["ours"] == "62.5" and _row(t4, "MOT", "IDF1")["ours"] == "n/a"
+    assert _row(t4, "PoseTrack", "IDF1")["ours"] == "70.0"
+    assert _row(t4, "PoseTrack", "ID switches")["ours"] == "12.0"  # a count, not a percentage
     t7 = pd.read_csv(tmp_path / "tables" / "table7_strategies.csv", keep_default_na=False)
     assert _row(t7, "MEC", "top1")["ours"] == "74.5" and float(_row(t7, "MEC", "top1")["paper"]) == 74.5
     assert _row(t7, "MEC (multi-crop)", "top1")["ours"] == "n/a"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals import DETECTION_SCENE_RECIPES, FEATURE_SPLITS, PROTOCOLS
+from evals import DETECTION_SCENE_RECIPES, FEATURE_SPLITS, PROTOCOLS, TRACKING_TASKS
 from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
@@ -136,11 +136,15 @@ class Experiment:
         """What the detectron2 rule writes: the installed detectron2 (version, location, source) the jobs use."""
         return self.output / "detectron2.json"
 
-    def scenes_dir(self, run: str, fmt: str) -> Path:
-        """The digit scenes ``run``'s offline detection evaluations train and test on, in ``fmt`` (voc | coco): in
-        the style of its pretraining digits, named by their data identity, so runs on the same data share them."""
+    def _digits_data_dir(self, run: str, kind: str, fmt: str) -> Path:
+        """Generated transfer data drawn like ``run``'s pretraining digits, named by their data identity, so runs on
+        the same data share one folder."""
         data = self.config_for(run).data
-        return self.output / "data" / f"digit-scenes-{fmt}-{data.name}-{data_identity(data, length=10)}"
+        return self.output / "data" / f"digit-{kind}-{fmt}-{data.name}-{data_identity(data, length=10)}"
+
+    def scenes_dir(self, run: str, fmt: str) -> Path:
+        """The digit scenes ``run``'s offline detection evaluations train and test on, in ``fmt`` (voc | coco)."""
+        return self._digits_data_dir(run, "scenes", fmt)
 
     def scenes_root(self, evaluation: str, run: str) -> Path | None:
         """The DAG-written scenes a detection evaluation of ``run`` reads (a digits recipe, no root or scene
@@ -166,6 +170,32 @@ class Experiment:
             return []
         root = self.scenes_root(evaluation, run)
         return [str(self.detectron2_record()), *([str(root / "manifest.json")] if root else [])]
+
+    def videos_dir(self, run: str, task: str) -> Path:
+        """The digit videos ``run``'s offline tracking evaluations of ``task`` read, in the task's layout."""
+        return self._digits_data_dir(run, "videos", TRACKING_TASKS[task].video_format)
+
+    def videos_root(self, evaluation: str, run: str) -> Path | None:
+        """The DAG-written videos a tracking evaluation of ``run`` reads (no root or video parameters of its own),
+        else None."""
+        spec = self.evaluation(evaluation)
+        if spec.protocol != "tracking" or {"root", "videos"} & set(spec.options):
+            return None
+        return self.videos_dir(run, spec.options["task"])
+
+    def tracking_videos(self) -> dict[str, tuple[str, str]]:
+        """Every videos folder the evaluations read (its name) -> (a run on its data, task)."""
+        found: dict[str, tuple[str, str]] = {}
+        for evaluation in self.evaluations.values():
+            for run in evaluation.runs:
+                if (root := self.videos_root(evaluation.name, run)) is not None:
+                    found.setdefault(root.name, (run, evaluation.options["task"]))
+        return found
+
+    def tracking_inputs(self, evaluation: str, run: str) -> list[str]:
+        """What a tracking evaluation needs before its job starts: its generated videos, if any."""
+        root = self.videos_root(evaluation, run)
+        return [str(root / "manifest.json")] if root else []
 
     def config_for(self, run: str, **extra: Any) -> Config:
         """The run's typed `mec` config, with the output folder, seed and MLflow names the workflow owns."""
@@ -263,6 +293,39 @@ def _detection_options(name: str, options: dict[str, Any], datasets: Mapping[str
     return options | {"root": datasets["detectron2"]}
 
 
+def _tracking_options(name: str, options: dict[str, Any], datasets: Mapping[str, str]) -> dict[str, Any]:
+    """A tracking evaluation's task checked, its data root (``datasets.<key>`` of the task's benchmark unless
+    options.root) and UniTrack checkout (``datasets.unitrack``) filled in. Without either root the DAG writes
+    the offline digit videos (`Experiment.videos_root`; `_check_offline_tracking` checks the runs are on digits)."""
+    task = options.get("task")
+    if task not in TRACKING_TASKS:
+        raise ConfigError(f"evaluate.{name}.options.task: {task!r} is not one of {sorted(TRACKING_TASKS)} "
+                          "(the rows of Table 4)")
+    key = TRACKING_TASKS[task].datasets_key
+    if "root" not in options and "videos" not in options and key in datasets:
+        options = options | {"root": datasets[key]}
+    if options.get("runner") == "unitrack" and "unitrack" not in options:
+        if "unitrack" not in datasets:
+            raise ConfigError(f"evaluate.{name}: runner unitrack needs datasets.unitrack (the UniTrack checkout) "
+                              "or options.unitrack")
+        options = options | {"unitrack": datasets["unitrack"]}
+    return options
+
+
+def _check_offline_tracking(experiment: Experiment) -> None:
+    """Tracking evaluations without a data root read the offline digit videos: only runs on the digits have them."""
+    for evaluation in experiment.evaluations.values():
+        if evaluation.protocol != "tracking" or {"root", "videos"} & set(evaluation.options):
+            continue
+        for run in evaluation.runs:
+            data = experiment.config_for(run).data.name
+            if data != "digits":
+                task = TRACKING_TASKS[evaluation.options["task"]]
+                raise ConfigError(f"evaluate.{evaluation.name}: run {run} is pretrained on {data!r}, not the offline "
+                                  f"digits; set datasets.{task.datasets_key} (the {task.benchmark} folder) or "
+                                  "options.root")
+
+
 def _under(root: Path, folder: str) -> Path:
     path = Path(folder)
     return path if path.is_absolute() else (root / path).resolve()
@@ -320,6 +383,8 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
                                   "rename one")
             if protocol == "detection":
                 options = _detection_options(eval_name, options, datasets)
+            if protocol == "tracking":
+                options = _tracking_options(eval_name, options, datasets)
             evaluations[expanded_name] = Evaluation(
                 name=expanded_name,
                 protocol=protocol,
@@ -342,6 +407,7 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
             experiment.config_for(name)
         except ConfigError as exc:
             raise ConfigError(f"pretrain.{run.group} (run {name}): {exc}") from None
+    _check_offline_tracking(experiment)
     return experiment
 
 

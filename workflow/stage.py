@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from evals import TRACKING_TASKS
 from workflow.experiment import Experiment, build_experiment
 from workflow.launch import (
     SLURM_ACTIVE_STATES,
@@ -328,6 +329,18 @@ def write_scenes(tree: Mapping[str, Any], run: str, fmt: str, output: Path) -> i
     return 0
 
 
+def write_videos(tree: Mapping[str, Any], run: str, task: str, output: Path) -> int:
+    """The tracking_videos rule: a short local step rendering the offline tracking data, no job."""
+    from workflow.stages import tracking_videos
+
+    written = tracking_videos(build_experiment(tree), run, task)
+    if written.resolve() != output.resolve():
+        raise StageError(f"videos manifest {output} is not the one the experiment names for run {run} ({written})")
+    counts = json.loads(written.read_text())["counts"]
+    log.info("%s digit videos %s: %s", task, written.parent, ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow.stage", description=__doc__.split("\n")[0])
     parser.add_argument("--log", help="also write this command's lines to this file (the rule's log)")
@@ -345,6 +358,11 @@ def _parser() -> argparse.ArgumentParser:
     scenes.add_argument("--run", required=True, help="a pretraining run on the data the scenes are drawn like")
     scenes.add_argument("--format", required=True, choices=("voc", "coco"))
     scenes.add_argument("--output", required=True, help="the scenes' manifest (must be the one the experiment names)")
+    videos = sub.add_parser("videos", help="write the digit videos of a run's offline tracking evaluations")
+    videos.add_argument("--config", required=True, help="the experiment config as JSON")
+    videos.add_argument("--run", required=True, help="a pretraining run on the data the videos are drawn like")
+    videos.add_argument("--task", required=True, choices=sorted(TRACKING_TASKS))
+    videos.add_argument("--output", required=True, help="the videos' manifest (must be the one the experiment names)")
     feat = sub.add_parser("features", help="extract one run's backbone features on one split")
     feat.add_argument("--config", required=True, help="the experiment config as JSON")
     feat.add_argument("--run", required=True)
@@ -403,6 +421,8 @@ def _run(args: argparse.Namespace) -> int:
         return write_split(json.loads(args.config), args.run, args.fraction, Path(args.output))
     if args.stage == "scenes":
         return write_scenes(json.loads(args.config), args.run, args.format, Path(args.output))
+    if args.stage == "videos":
+        return write_videos(json.loads(args.config), args.run, args.task, Path(args.output))
     if args.stage == "features":
         features(json.loads(args.config), args.run, args.split, args.pretrain, args.output,
                  json.loads(args.resources))

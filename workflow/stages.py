@@ -128,8 +128,9 @@ def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: st
     options = dict(spec.options)
     if spec.fraction is not None and "split" not in options:
         options["split"] = str(label_split(experiment, run, spec.fraction).resolve())
-    if (scenes := experiment.scenes_root(evaluation, run)) is not None:  # the digits recipes' DAG-written data
-        options["root"] = str(scenes.resolve())
+    # the DAG-written offline data of the digits detection recipes and tracking tasks
+    if (generated := experiment.scenes_root(evaluation, run) or experiment.videos_root(evaluation, run)) is not None:
+        options["root"] = str(generated.resolve())
     log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
                | {"eval.protocol": spec.protocol, "eval.backbone": pre["backbone"]})
     return {"run_id": run_id, "options": options}
@@ -248,13 +249,24 @@ def label_split(experiment: Experiment, run: str, fraction: float, seed: int = 0
 
 def detection_scenes(experiment: Experiment, run: str, fmt: str) -> Path:
     """The digit scenes of ``run``'s offline detection evaluations (`Experiment.scenes_dir`), in the style of its
-    pretraining digits (`evals.detection.scene_style`); rewritten only when their parameters change. Returns the
+    pretraining digits (`evals.pretraining_style`); rewritten only when their parameters change. Returns the
     manifest."""
-    from evals.detection import SCENES, scene_style, write_scenes
+    from evals import pretraining_style
+    from evals.detection import SCENES, write_scenes
     from evals.detection.scenes import MANIFEST_NAME
 
-    params = dict(SCENES) | scene_style(experiment.config_for(run).data)
+    params = dict(SCENES) | pretraining_style(experiment.config_for(run).data)
     return write_scenes(fmt, experiment.scenes_dir(run, fmt), params) / MANIFEST_NAME
+
+
+def tracking_videos(experiment: Experiment, run: str, task: str) -> Path:
+    """The digit videos of ``run``'s offline tracking evaluations of ``task`` (`Experiment.videos_dir`), in the
+    style of its pretraining digits; rewritten only when their parameters change. Returns the manifest."""
+    from evals.tracking import video_parameters, write_videos
+    from mec.trees import MANIFEST_NAME
+
+    params = video_parameters(experiment.config_for(run).data)
+    return write_videos(task, experiment.videos_dir(run, task), params) / MANIFEST_NAME
 
 
 OPERATIONS = {f.__name__: f for f in (create_experiment, start_pretrain_run, start_evaluation_run, record_attempts,

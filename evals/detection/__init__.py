@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evals import DETECTION_SCENE_RECIPES
+from evals import DETECTION_SCENE_RECIPES, pretraining_style
 
 if TYPE_CHECKING:  # the scenes CLI and the DAG's scenes stage import this package without torch or MLflow
     from evals.job import EvalJob
@@ -45,10 +45,6 @@ OPTIONS = ("recipe", "root", "seed", "lr", "ims_per_batch", "max_iter_scale", "m
 WEIGHTS_NAME = "backbone_detectron2.pkl"
 # The scenes a digits recipe renders when no root is given: 400 training and 100 test images of 64 px.
 SCENES = {"n_train": 400, "n_test": 100, "canvas": 64}
-# Renderer knobs of the pretraining's digits (`data.digits.options`) that the scenes inherit: colours, texture,
-# rotation. Not the scale: a scene places 16-32 px digits on its canvas (`scenes.SCENE_SCALE_RANGE`).
-INHERITED_STYLE = ("palette_size", "texture_strength", "texture_cells", "stripe_cycles", "max_rotation_deg",
-                   "min_colour_distance", "noise_std")
 
 
 def _options(job: EvalJob) -> dict[str, Any]:
@@ -143,24 +139,9 @@ def convert_once(backbone: str | Path, output: Path, meta: dict[str, Any]) -> di
     return convert_backbone(backbone, output, meta) | {"reused": False}
 
 
-def scene_style(data: Any) -> dict[str, Any]:
-    """Scene parameters a pretraining data config (`mec.config.DataConfig`) hands down: for the digits, the
-    renderer's style knobs (`INHERITED_STYLE`, not the scale) and the source split (val_fraction, seed), so no test
-    digit was seen in pretraining; nothing for other data."""
-    if data is None or data.name != "digits":
-        return {}
-    style = {k: v for k, v in data.digits.options.items() if k in INHERITED_STYLE}
-    return style | {"val_fraction": data.digits.val_fraction, "seed": data.digits.seed}
-
-
 def scene_parameters(job: EvalJob) -> dict[str, Any]:
     """What a digits recipe renders when no root is given: `SCENES`, in the style of the digits the backbone was
-    pretrained on (`scene_style`), then ``options.scenes``.
-
-    The style matters more than anything else here: on scenes in the renderer's default style (a random colour
-    pair and texture per image) the offline MEC backbone, pretrained on one colour pair without texture, fell
-    below a random-init one (AP50 0.24 vs 0.49); in its own style it beats it (0.92 vs 0.83).
-    """
+    pretrained on (`evals.pretraining_style`: it decides who wins), then ``options.scenes``."""
     try:
         data = job.cfg.data
     except Exception:  # no usable run config: the renderer's defaults
@@ -168,7 +149,7 @@ def scene_parameters(job: EvalJob) -> dict[str, Any]:
     extra = job.option("scenes", {})
     if not isinstance(extra, dict):
         raise ValueError(f"detection options.scenes must be a mapping of scene parameters, got {extra!r}")
-    return dict(SCENES) | scene_style(data) | extra
+    return dict(SCENES) | pretraining_style(data) | extra
 
 
 def write_scenes(fmt: str, root: Path, params: dict[str, Any]) -> Path:

@@ -7,8 +7,8 @@ differ in anything else (another evaluation option, another pretraining paramete
 never averaged: the cell reads "conflict: <the differing keys>" and its CSV line names them. A cell with no
 run is "n/a", never zero; the CSV lists the run ids behind every cell. Random-init baselines are not MEC
 results and stay out of these tables (the summary compares with them). Percentages throughout (the runs log
-fractions). Tables whose protocols the pipeline does not run yet (tracking, fine-tuned transfer, multi-crop)
-still print, with our side n/a, so a campaign shows what is missing.
+fractions; ID switches stay counts). Tables whose protocols the pipeline does not run yet (fine-tuned transfer,
+multi-crop) still print, with our side n/a, so a campaign shows what is missing.
 """
 
 from __future__ import annotations
@@ -106,8 +106,9 @@ def _matching(df: pd.DataFrame, **equals: object) -> pd.DataFrame:
     return df
 
 
-def _cell(df: pd.DataFrame, metric: str) -> Cell:
-    """The runs of one cell: seeds of one recipe are aggregated; differing recipes are a conflict naming the keys."""
+def _cell(df: pd.DataFrame, metric: str, scale: float = 100.0) -> Cell:
+    """The runs of one cell: seeds of one recipe are aggregated; differing recipes are a conflict naming the keys.
+    Values are the logged ones times ``scale`` (fractions to percent; 1 for counts)."""
     cell = Cell()
     if metric not in df:
         return cell
@@ -119,7 +120,7 @@ def _cell(df: pd.DataFrame, metric: str) -> Cell:
     seed = df["param:eval.seed"].astype(str) if "param:eval.seed" in df else pd.Series("", index=df.index)
     identity = pd.concat([df["tag:mec.pretrain_run_id"], seed, recipe], axis=1).loc[df.sort_values("start_time").index]
     df = df.loc[identity[~identity.duplicated(keep="last")].index]
-    cell.values = [100.0 * float(v) for v in df[metric]]
+    cell.values = [scale * float(v) for v in df[metric]]
     cell.run_ids = [str(r) for r in df["run_id"]]
     cell.conflict = [_recipe_key_name(c) for c in recipe if recipe.loc[df.index, c].nunique() > 1]
     return cell
@@ -187,12 +188,25 @@ def table3(ev: pd.DataFrame) -> list[Spec]:
     return rows
 
 
+# Table 4: (row, column) -> (evals.TRACKING_TASKS task, logged score, scale): fractions become percentages,
+# ID switches stay a count.
+TRACKING_CELLS = (
+    (("SOT", "AUC"), ("sot", "AUC", 100.0)),
+    (("VOS", "J-mean"), ("vos", "J_mean", 100.0)),
+    (("MOT", "IDF1"), ("mot", "IDF1", 100.0)),
+    (("MOT", "HOTA"), ("mot", "HOTA", 100.0)),
+    (("MOTS", "IDF1"), ("mots", "IDF1", 100.0)),
+    (("MOTS", "HOTA"), ("mots", "HOTA", 100.0)),
+    (("PoseTrack", "IDF1"), ("posetrack", "IDF1", 100.0)),
+    (("PoseTrack", "ID switches"), ("posetrack", "IDSW", 1.0)),
+)
+
+
 def table4(ev: pd.DataFrame) -> list[Spec]:
-    """Tracking transfer (UniTrack); the protocols are not in the pipeline yet."""
-    cells = [("SOT", "AUC"), ("VOS", "J-mean"), ("MOT", "IDF1"), ("MOT", "HOTA"), ("MOTS", "IDF1"),
-             ("MOTS", "HOTA"), ("PoseTrack", "IDF1"), ("PoseTrack", "ID switches")]
-    return [(row, col, _cell(_matching(ev, **{"tag:mec.protocol": f"tracking_{row.lower()}"}), f"tracking/{col}"))
-            for row, col in cells]
+    """Tracking transfer (UniTrack's protocol, `evals.tracking`): one cell per task and score of Table 4."""
+    tracking = _matching(ev, **{"tag:mec.protocol": "tracking"})
+    return [(row, col, _cell(_matching(tracking, **{"param:eval.task": task}), f"tracking/{metric}", scale))
+            for (row, col), (task, metric, scale) in TRACKING_CELLS]
 
 
 ABLATIONS = (

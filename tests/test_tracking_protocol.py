@@ -175,3 +175,4 @@ def test_the_videos_stage_writes_the_runs_videos_in_its_pretraining_style(tmp_pa
     assert (manifest.parent / "ImageSets" / "2017" / "val.txt").is_file()
     assert main(["videos", "--config", json.dumps(tree), "--run", "a_s0", "--task", "vos",
                  "--output", str(tmp_path / "elsewhere" / "manifest.json")]) == 1
+

@@ -14,6 +14,7 @@ import yaml
 from conftest import write_tiny_mec_config
 from mlflow.tracking import MlflowClient
 
+from evals import TRACKING_TASKS
 from mec.config import ConfigError
 from workflow.experiment import build_experiment
 
@@ -407,3 +408,16 @@ def test_the_table3_campaign_plans_its_pretraining_and_eleven_detection_jobs(tmp
     assert [job["rule"] for job in jobs].count("pretrain") == 1
     assert [job["rule"] for job in jobs].count("detectron2") == 1
     assert "detection_scenes" not in [job["rule"] for job in jobs]
+
+
+def test_the_table4_campaign_plans_its_pretraining_and_one_tracking_job_per_task(tmp_path):
+    campaign = REPO / "workflow" / "experiments" / "table4.yaml"
+    dry = _snakemake(tmp_path, "-n", "--configfile", str(campaign))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = _planned(dry.stdout)
+    assert sorted(_wildcards(job)["evaluation"] for job in jobs if job["rule"] == "evaluate") == sorted(TRACKING_TASKS)
+    assert [job["rule"] for job in jobs].count("pretrain") == 1
+    assert "tracking_videos" not in [job["rule"] for job in jobs]  # every task reads its benchmark folder
+    exp = build_experiment(yaml.safe_load(campaign.read_text()), REPO)
+    assert {name: Path(e.options["root"]).name for name, e in exp.evaluations.items()} == {
+        "sot": "OTB100", "vos": "DAVIS", "mot": "MOT16", "mots": "MOTS", "posetrack": "PoseTrack18"}

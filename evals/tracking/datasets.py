@@ -1,4 +1,5 @@
-"""Readers of the tracking benchmarks' on-disk layouts: DAVIS-2017 (VOS), OTB (SOT) and MOTChallenge (MOT).
+"""Readers of the tracking benchmarks' on-disk layouts: DAVIS-2017 (VOS), OTB (SOT), MOTChallenge (MOT), MOTS
+Challenge (MOTS) and PoseTrack18.
 
 The offline videos (`evals.tracking.videos`) are written in the same layouts as the real data sets, so one reader
 serves both. Readers return plain dataclasses of paths and arrays and check what a tracker would trip over later:
@@ -10,11 +11,16 @@ that disagrees with the boxes. Each such problem is a `TrackingDataError` of one
     OTB         root/<Seq>/img/0001.jpg, root/<Seq>/groundtruth_rect.txt (x,y,w,h per frame, 1-based pixels;
                 root/<Seq>/groundtruth_rect.<N>.txt for the N-th target of a sequence with several, "<Seq>-<N>")
     MOT16/17    root/<split>/<seq>/img1/000001.jpg, gt/gt.txt, det/det.txt, seqinfo.ini
+    MOTS        root/<split>/<seq>/img1/000001.jpg, gt/gt.txt, det/det.txt (MOTS text lines, COCO RLE masks),
+                seqinfo.ini
+    PoseTrack18 root/annotations/<split>/<video>.json, root/images/<split>/<video>/000000.jpg, given poses in
+                root/detections/<split>/<video>.json
 """
 
 from __future__ import annotations
 
 import configparser
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -381,3 +387,401 @@ def read_mot(root: str | Path, split: str = "train") -> list[MotSequence]:
     if not sequences:
         raise TrackingDataError(f"{split_dir}: no sequence folders")
     return sequences
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# COCO run-length encoding (the masks of MOTS text files)
+#
+# A COCO RLE is a mask read column by column (Fortran order) as alternating runs of 0s and 1s, the first run being
+# 0s; its "counts" string packs each run length (from the fourth on, as the difference to the run two before) in
+# 5-bit groups, least significant first, each group a character 48 + group, 0x20 marking "more groups follow" and
+# 0x10 of the last group the sign. This is the format pycocotools' `mask.encode` / `mask.decode` read and write
+# (`rleToString` / `rleFrString` in its maskApi.c); it is written here so that a malformed string or one whose runs
+# do not add up to height x width is an error naming the line, where pycocotools decodes some of those silently.
+
+
+def rle_counts(counts: str) -> list[int]:
+    """The run lengths of a COCO RLE counts string; ValueError when it is not one."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value = shift = 0
+        more = True
+        while more:
+            if position >= len(counts):
+                raise ValueError("the RLE string ends inside a run length")
+            group = ord(counts[position]) - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"{counts[position]!r} at {position} is not an RLE character")
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise ValueError(f"run {len(runs) + 1} of the RLE string has negative length {value}")
+        runs.append(value)
+    return runs
+
+
+def rle_decode(counts: str, height: int, width: int) -> np.ndarray:
+    """The bool mask [height, width] of a COCO RLE counts string; ValueError unless its runs cover exactly
+    height x width pixels."""
+    runs = rle_counts(counts)
+    total = sum(runs)
+    if total != height * width:
+        raise ValueError(f"the RLE covers {total} pixels, not {height}x{width} = {height * width}")
+    values = np.arange(len(runs)) % 2 == 1
+    return np.repeat(values, runs).reshape((height, width), order="F")
+
+
+def rle_encode(mask: np.ndarray) -> str:
+    """The COCO RLE counts string of a 2-D mask (non-zero = in the mask), as pycocotools' `mask.encode` writes it."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask [H, W], got shape {mask.shape}")
+    flat = mask.ravel(order="F").astype(bool)
+    if flat.size == 0:
+        return ""
+    starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], starts, [flat.size]])).tolist()
+    if flat[0]:
+        runs.insert(0, 0)
+    chars = []
+    for index, run in enumerate(runs):
+        value = int(run) - (int(runs[index - 2]) if index > 2 else 0)
+        more = True
+        while more:
+            group = value & 0x1F
+            value >>= 5
+            more = value != -1 if group & 0x10 else value != 0
+            chars.append(chr(48 + (group | 0x20 if more else group)))
+    return "".join(chars)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MOTS (MOTS Challenge / KITTI MOTS text files)
+
+MOTS_PEDESTRIAN = 2  # the MOTS Challenge's class (KITTI MOTS: 1 car, 2 pedestrian)
+MOTS_IGNORE = 10  # ignore regions (id 10000), as TrackEval's MOTSChallenge reads them
+MOTS_COLUMNS = "space-separated frame id class_id img_height img_width rle"
+
+
+@dataclass(frozen=True)
+class MotsObject:
+    """One line of a MOTS file: frame (1-based), object id (class_id * 1000 + instance in the ground truth, -1 in
+    detections), class, image size, COCO RLE counts, and a score (detections; 1.0 where the file has none)."""
+
+    frame: int
+    track_id: int
+    class_id: int
+    height: int
+    width: int
+    rle: str
+    score: float = 1.0
+
+    def mask(self) -> np.ndarray:
+        """The decoded bool mask [height, width]."""
+        return rle_decode(self.rle, self.height, self.width)
+
+    def line(self, with_score: bool = False) -> str:
+        text = f"{self.frame} {self.track_id} {self.class_id} {self.height} {self.width} {self.rle}"
+        return f"{text} {self.score:.4f}" if with_score else text
+
+
+@dataclass(frozen=True)
+class MotsSequence:
+    """One MOTS sequence: frames in order, ground-truth objects (gt/gt.txt; empty without it) and given detections
+    (det/det.txt; empty without it), each sorted by frame; info: seqinfo.ini's `[Sequence]` section."""
+
+    name: str
+    frames: list[Path]
+    gt: list[MotsObject]
+    det: list[MotsObject]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def read_mots_file(
+    path: str | Path,
+    *,
+    num_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    scores: bool = False,
+) -> list[MotsObject]:
+    """The lines of a MOTS text file (`frame id class_id img_height img_width rle`, a 7th column `score` where
+    `scores`), checked: integers where integers belong, frame in 1..num_frames, the image size equal to `size`
+    (height, width) when given, and an RLE that decodes to exactly that many pixels. A bad line is a
+    TrackingDataError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TrackingDataError(f"{path}: missing file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TrackingDataError(f"{path}: cannot read it ({error})") from None
+    expected = MOTS_COLUMNS + (" [score]" if scores else "")
+    objects = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 6 and not (scores and len(fields) == 7):
+            raise TrackingDataError(f"{path}:{number}: expected {expected}, got {line.strip()!r}")
+        try:
+            frame, track_id, class_id, height, width = (int(value) for value in fields[:5])
+            score = float(fields[6]) if len(fields) == 7 else 1.0
+        except ValueError:
+            raise TrackingDataError(f"{path}:{number}: expected {expected}, got {line.strip()!r}") from None
+        if not np.isfinite(score):
+            raise TrackingDataError(f"{path}:{number}: score {fields[6]!r} is not a finite number")
+        if frame < 1 or (num_frames is not None and frame > num_frames):
+            raise TrackingDataError(f"{path}:{number}: frame {frame} is outside 1..{num_frames}")
+        if height < 1 or width < 1:
+            raise TrackingDataError(f"{path}:{number}: image size {height}x{width} is not positive")
+        if size is not None and (height, width) != tuple(size):
+            raise TrackingDataError(
+                f"{path}:{number}: mask size {height}x{width} differs from the image size {size[0]}x{size[1]}")
+        try:
+            rle_decode(fields[5], height, width)
+        except ValueError as error:
+            raise TrackingDataError(f"{path}:{number}: bad RLE ({error})") from None
+        objects.append(MotsObject(frame, track_id, class_id, height, width, fields[5], score))
+    objects.sort(key=lambda obj: obj.frame)
+    return objects
+
+
+def read_mots(root: str | Path, split: str = "train") -> list[MotsSequence]:
+    """The sequences of a MOTS Challenge tree `root/<split>/<seq>/` (img1/, seqinfo.ini, gt/gt.txt, det/det.txt),
+    sorted by name. Like `read_mot`: seqinfo.ini and `seqLength` frames numbered from 1 are required; gt/gt.txt and
+    det/det.txt are read when there (det.txt may carry a 7th column, the score). Masks must have the image size of
+    seqinfo.ini (imHeight x imWidth) when it gives one."""
+    root = Path(root)
+    split_dir = _require_dir(root / split, f"MOTS split {split!r}")
+    sequences = []
+    for folder in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        info = read_seqinfo(folder / "seqinfo.ini")
+        image_dir = _require_dir(folder / str(info.get("imDir", "img1")), "image")
+        frames = _numbered_images(image_dir, (str(info.get("imExt", ".jpg")).lower(),))
+        length = info.get("seqLength")
+        if isinstance(length, int) and length != len(frames):
+            raise TrackingDataError(f"{folder / 'seqinfo.ini'}: seqLength={length} but {image_dir} has "
+                                    f"{len(frames)} frames")
+        if int(frames[0].stem) != 1:
+            raise TrackingDataError(f"{frames[0]}: the first frame must be number 1")
+        height, width = info.get("imHeight"), info.get("imWidth")
+        size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        files = {}
+        for kind, scores in (("gt", False), ("det", True)):
+            path = folder / kind / f"{kind}.txt"
+            files[kind] = (read_mots_file(path, num_frames=len(frames), size=size, scores=scores)
+                           if path.is_file() else [])
+        sequences.append(MotsSequence(str(info.get("name", folder.name)), frames, files["gt"], files["det"], info))
+    if not sequences:
+        raise TrackingDataError(f"{split_dir}: no sequence folders")
+    return sequences
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PoseTrack 2018 (one JSON per video)
+
+# The 17 keypoint slots of PoseTrack18 (COCO order; the ears are never annotated, PoseTrack18 leaves them 0, 0, 0).
+POSETRACK_KEYPOINTS = (
+    "nose", "head_bottom", "head_top", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
+    "right_ankle",
+)
+# The limbs of PoseTrack18's category (1-based keypoint numbers, as its JSON "skeleton").
+POSETRACK_SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9), (8, 10), (9, 11),
+    (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)
+
+
+@dataclass(frozen=True)
+class PosePerson:
+    """One person (annotation) of a PoseTrack18 frame: keypoints float64 [17, 3] (x, y, v in the 17 slots; a slot
+    that is 0, 0, 0 is not annotated), track id (None in detections), head box and box (x, y, w, h; None where the
+    annotation has none) and score (detections' "score"; 1.0 where there is none)."""
+
+    keypoints: np.ndarray
+    track_id: int | None = None
+    head_box: np.ndarray | None = None
+    box: np.ndarray | None = None
+    score: float = 1.0
+
+    def present(self) -> np.ndarray:
+        """bool [17]: the annotated slots (not 0, 0, 0), as poseval's conversion to PoseTrack17 keeps them."""
+        return ~np.all(self.keypoints == 0, axis=1)
+
+
+@dataclass(frozen=True)
+class PoseFrame:
+    """One image of a PoseTrack18 video: image id, file, the people annotated on it, whether it is labeled, and its
+    ignore regions (polygons float64 [k, 2] of x, y)."""
+
+    image_id: int
+    file: Path
+    people: list[PosePerson]
+    labeled: bool = True
+    ignore_regions: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PosetrackVideo:
+    """One PoseTrack18 video: its frames in order with the ground truth, and per frame the given detections (poses
+    without track ids; None where no detection file was read)."""
+
+    name: str
+    frames: list[PoseFrame]
+    detections: list[list[PosePerson]] | None
+    annotation_file: Path
+    detection_file: Path | None = None
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise TrackingDataError(f"{path}: missing file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TrackingDataError(f"{path}: cannot read it ({error})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TrackingDataError(f"{path}:{error.lineno}: not JSON ({error.msg})") from None
+
+
+def _json_key(path: Path, where: str, item: Any, key: str) -> Any:
+    if not isinstance(item, dict):
+        raise TrackingDataError(f"{path}: {where} is not an object")
+    if key not in item:
+        raise TrackingDataError(f"{path}: {where} has no {key!r}")
+    return item[key]
+
+
+def _json_numbers(path: Path, where: str, value: Any, length: int) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        array = np.zeros(0)
+    if array.shape != (length,) or not np.isfinite(array).all():
+        raise TrackingDataError(f"{path}: {where} must be {length} numbers, got {str(value)[:80]}")
+    return array
+
+
+def _pose_people(path: Path, data: dict[str, Any], image_ids: set[int], ground_truth: bool
+                 ) -> dict[int, list[PosePerson]]:
+    people: dict[int, list[PosePerson]] = {image_id: [] for image_id in image_ids}
+    annotations = _json_key(path, "the file", data, "annotations")
+    if not isinstance(annotations, list):
+        raise TrackingDataError(f"{path}: 'annotations' is not a list")
+    for index, item in enumerate(annotations):
+        where = f"annotations[{index}]"
+        image_id = _json_key(path, where, item, "image_id")
+        if image_id not in people:
+            raise TrackingDataError(f"{path}: {where} refers to image {image_id!r}, which 'images' does not list")
+        keypoints = _json_numbers(path, f"{where}.keypoints", _json_key(path, where, item, "keypoints"),
+                                  3 * len(POSETRACK_KEYPOINTS)).reshape(-1, 3)
+        annotated = bool(np.any(keypoints != 0))
+        track_id = None
+        if ground_truth:
+            track_id = _json_key(path, where, item, "track_id")
+            if not isinstance(track_id, int) or isinstance(track_id, bool):
+                raise TrackingDataError(f"{path}: {where}.track_id must be an integer, got {track_id!r}")
+        head_box = box = None
+        if ground_truth and annotated:  # poseval's PCKh needs the head box of every annotated person
+            head_box = _json_numbers(path, f"{where}.bbox_head", _json_key(path, where, item, "bbox_head"), 4)
+        if item.get("bbox") is not None:
+            box = _json_numbers(path, f"{where}.bbox", item["bbox"], 4)
+        score = item.get("score", 1.0)
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or not np.isfinite(score):
+            raise TrackingDataError(f"{path}: {where}.score must be a number, got {score!r}")
+        people[image_id].append(PosePerson(keypoints, track_id, head_box, box, float(score)))
+    return people
+
+
+def _pose_images(path: Path, data: Any, root: Path) -> list[tuple[int, Path, bool, list[np.ndarray]]]:
+    if not isinstance(data, dict):
+        raise TrackingDataError(f"{path}: expected a PoseTrack18 object with 'images' and 'annotations'")
+    images = _json_key(path, "the file", data, "images")
+    if not isinstance(images, list) or not images:
+        raise TrackingDataError(f"{path}: 'images' is not a non-empty list")
+    rows = []
+    for index, item in enumerate(images):
+        where = f"images[{index}]"
+        image_id = _json_key(path, where, item, "id")
+        file_name = _json_key(path, where, item, "file_name")
+        frame_id = item.get("frame_id", image_id) if isinstance(item, dict) else image_id
+        if not isinstance(image_id, int) or not isinstance(frame_id, int):
+            raise TrackingDataError(f"{path}: {where}.id and frame_id must be integers")
+        regions = []
+        xs, ys = item.get("ignore_regions_x") or [], item.get("ignore_regions_y") or []
+        if len(xs) != len(ys):
+            raise TrackingDataError(f"{path}: {where} has {len(xs)} ignore_regions_x but {len(ys)} ignore_regions_y")
+        for x, y in zip(xs, ys, strict=True):
+            if len(x) != len(y):
+                raise TrackingDataError(f"{path}: {where} has an ignore region with {len(x)} x and {len(y)} y")
+            if len(x):
+                regions.append(np.stack([_json_numbers(path, f"{where}.ignore_regions_x", x, len(x)),
+                                         _json_numbers(path, f"{where}.ignore_regions_y", y, len(y))], axis=1))
+        rows.append((frame_id, image_id, root / str(file_name), bool(item.get("is_labeled", True)), regions))
+    ids = [row[1] for row in rows]
+    if len(set(ids)) != len(ids):
+        raise TrackingDataError(f"{path}: 'images' lists an image id twice")
+    rows.sort(key=lambda row: row[0])
+    return [(image_id, file, labeled, regions) for _, image_id, file, labeled, regions in rows]
+
+
+def read_posetrack_json(path: str | Path, root: str | Path, *, ground_truth: bool = True
+                        ) -> list[PoseFrame]:
+    """The frames of one PoseTrack18 JSON file, ordered by frame_id, with the people of each. Image files are
+    `root/<file_name>`. Ground truth needs an integer `track_id` on every annotation and a `bbox_head` on every
+    annotation with keypoints (poseval measures joint distances in head sizes); a missing key is a
+    TrackingDataError naming the file and the JSON element."""
+    path, root = Path(path), Path(root)
+    data = _json_file(path)
+    images = _pose_images(path, data, root)
+    people = _pose_people(path, data, {image_id for image_id, *_ in images}, ground_truth)
+    return [PoseFrame(image_id, file, people[image_id], labeled, regions)
+            for image_id, file, labeled, regions in images]
+
+
+def read_posetrack(
+    root: str | Path,
+    split: str = "val",
+    *,
+    detections: str | Path | None = "detections",
+    check_images: bool = True,
+) -> list[PosetrackVideo]:
+    """The videos of a PoseTrack18 tree, sorted by name: `root/annotations/<split>/<video>.json` (the ground
+    truth; its file_name entries are relative to `root`, as `images/<split>/<video>/000000.jpg`) and, when
+    `detections` is not None, the given poses `<detections>/<split>/<video>.json` (relative to `root` unless
+    absolute; PoseTrack18 JSON without track ids, the same image ids). `check_images` requires every image file."""
+    root = Path(root)
+    annotation_dir = _require_dir(root / "annotations" / split, f"PoseTrack annotations {split!r}")
+    files = sorted(p for p in annotation_dir.iterdir() if p.suffix == ".json")
+    if not files:
+        raise TrackingDataError(f"{annotation_dir}: no annotation files (<video>.json)")
+    detection_dir = None if detections is None else Path(root, detections, split)
+    videos = []
+    for path in files:
+        frames = read_posetrack_json(path, root)
+        if check_images:
+            for frame in frames:
+                if not frame.file.is_file():
+                    raise TrackingDataError(f"{frame.file}: missing image (listed in {path})")
+        given = detection_file = None
+        if detection_dir is not None:
+            detection_file = detection_dir / path.name
+            detected = read_posetrack_json(detection_file, root, ground_truth=False)
+            by_id = {frame.image_id: frame.people for frame in detected}
+            unknown = set(by_id) - {frame.image_id for frame in frames}
+            if unknown:
+                raise TrackingDataError(
+                    f"{detection_file}: image id {min(unknown)} is not an image of {path}")
+            given = [by_id.get(frame.image_id, []) for frame in frames]
+        videos.append(PosetrackVideo(path.stem, frames, given, path, detection_file))
+    return videos

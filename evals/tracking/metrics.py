@@ -11,6 +11,11 @@ Each function follows the benchmark's official evaluation code, named in its doc
 * MOT16/17 (MOTChallenge boxes): `mot_scores`, computed by TrackEval (the MOTChallenge's official evaluation code):
   its MOTChallenge dataset class does the benchmark's preprocessing, and its `HOTA`, `CLEAR` and `Identity` metrics
   give HOTA, MOTA / ID switches and IDF1.
+* MOTS (MOTS Challenge masks): `mots_scores`, `mots_benchmark_scores`, by TrackEval's MOTSChallenge dataset class
+  and the same three metrics (mask IoU; pycocotools decodes the masks inside TrackEval).
+* PoseTrack: `posetrack_scores`, per joint as poseval's `evaluateTracking.py` (PCKh 0.5 joint matching, MOTA
+  averaged over joints; IDF1 and ID switches as UniTrack's copy of poseval adds them), the CLEAR / Identity counts
+  by TrackEval on per-joint data (poseval is not on the package registry; it counted with motmetrics).
 """
 
 from __future__ import annotations
@@ -314,4 +319,269 @@ def mot_benchmark_scores(sequences: Sequence[tuple[Any, Any, int | None]], bench
     scores.update({name: float(clear[name]) for name in ("MOTA", "MOTP", "IDSW", "Frag", "MT", "ML")})
     scores.update(FP=float(clear["CLR_FP"]), FN=float(clear["CLR_FN"]))
     scores.update({name: float(identity[name]) for name in ("IDF1", "IDP", "IDR")})
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------------------------- MOTS
+
+def _mots_lines(rows: Any, what: str) -> list[str]:
+    """MOTS text lines of `rows`: objects with frame, track_id, class_id, height, width, rle attributes (as
+    `datasets.MotsObject`) or 6-tuples in that order."""
+    lines = []
+    for index, row in enumerate(rows):
+        if hasattr(row, "rle"):
+            row = (row.frame, row.track_id, row.class_id, row.height, row.width, row.rle)
+        if len(row) < 6:
+            raise ValueError(f"expected {what} row {index} as (frame, id, class_id, height, width, rle), got {row!r}")
+        frame, track_id, class_id, height, width = (int(v) for v in row[:5])
+        if frame < 1:
+            raise ValueError(f"expected {what} frames to count from 1 (MOTS numbering), got {frame} in row {index}")
+        lines.append(f"{frame} {track_id} {class_id} {height} {width} {row[5]}\n")
+    return lines
+
+
+def _mots_sequence_results(gt_rows: Any, pred_rows: Any, num_frames: int | None,
+                           metrics: Sequence[Any]) -> list[dict[str, Any]]:
+    """TrackEval's per-sequence results of ``metrics`` for one MOTS sequence (see `mots_scores`)."""
+    from trackeval.datasets import MOTSChallenge
+    from trackeval.utils import TrackEvalException
+
+    gt, pred = _mots_lines(gt_rows, "ground-truth"), _mots_lines(pred_rows, "predicted")
+    last_frame = max((int(line.split(" ", 1)[0]) for line in gt + pred), default=0)
+    if num_frames is None:
+        num_frames = last_frame
+    if num_frames < max(last_frame, 1):
+        raise ValueError(f"expected num_frames >= the last frame of the rows ({last_frame}) and >= 1, got {num_frames}")
+    with tempfile.TemporaryDirectory(prefix="mots-scores-") as folder:
+        root = Path(folder)
+        for path, lines in ((root / "gt" / "seq" / "gt" / "gt.txt", gt),
+                            (root / "trackers" / "pred" / "data" / "seq.txt", pred)):
+            path.parent.mkdir(parents=True)
+            path.write_text("".join(lines))
+        dataset = MOTSChallenge({
+            "GT_FOLDER": str(root / "gt"), "TRACKERS_FOLDER": str(root / "trackers"), "TRACKERS_TO_EVAL": ["pred"],
+            "SEQ_INFO": {"seq": int(num_frames)}, "SKIP_SPLIT_FOL": True, "PRINT_CONFIG": False})
+        try:
+            raw = dataset.get_raw_seq_data("pred", "seq")
+        except TrackEvalException as error:
+            raise ValueError(f"TrackEval refused the MOTS rows: {error}") from None
+    data = dataset.get_preprocessed_seq_data(raw, "pedestrian")
+    return [metric.eval_sequence(data) for metric in metrics]
+
+
+def mots_scores(gt_rows: Any, pred_rows: Any, num_frames: int | None = None) -> dict[str, float]:
+    """MOTS Challenge scores of one sequence, by TrackEval (its MOTSChallenge data class; HOTA, CLEAR, Identity).
+
+    Rows are MOTS lines: `datasets.MotsObject`s or tuples (frame, id, class_id, img_height, img_width, rle) with a
+    COCO RLE counts string; frames count from 1, `num_frames` (seqinfo.ini's seqLength) defaults to the last frame
+    of either. As TrackEval's MOTSChallenge does: class 2 (pedestrian) is scored, ground-truth class 10 rows are
+    ignore regions (an unmatched prediction at least half inside them is dropped), the masks of a frame must not
+    overlap (ValueError otherwise, as TrackEval refuses them), and masks match by mask IoU (>= 0.5 for MOTA /
+    IDF1; HOTA over the 19 thresholds 0.05..0.95). pycocotools must be installed (TrackEval decodes the masks with
+    it). Returns what `mot_scores` returns plus sMOTSA (CLEAR's soft MOTA on masks). Several sequences:
+    `mots_benchmark_scores`.
+    """
+    return mots_benchmark_scores([(gt_rows, pred_rows, num_frames)])
+
+
+def mots_benchmark_scores(sequences: Sequence[tuple[Any, Any, int | None]]) -> dict[str, float]:
+    """`mots_scores` of a benchmark's sequences together, each (gt_rows, pred_rows, num_frames): TrackEval's
+    `combine_sequences` (summed counts, its "COMBINED_SEQ" row), as `mot_benchmark_scores`."""
+    from trackeval.metrics import CLEAR, HOTA, Identity
+
+    if not sequences:
+        raise ValueError("expected at least one sequence to score, got none")
+    metrics = (HOTA(), CLEAR({"PRINT_CONFIG": False}), Identity({"PRINT_CONFIG": False}))
+    per_sequence = [_mots_sequence_results(gt, pred, frames, metrics) for gt, pred, frames in sequences]
+    hota, clear, identity = (
+        metric.combine_sequences({str(i): results[m] for i, results in enumerate(per_sequence)})
+        for m, metric in enumerate(metrics))
+    scores = {name: float(np.mean(hota[name])) for name in ("HOTA", "DetA", "AssA", "LocA")}
+    scores.update({name: float(clear[name]) for name in ("MOTA", "MOTP", "IDSW", "Frag", "MT", "ML")})
+    scores.update(sMOTSA=float(clear["sMOTA"]), FP=float(clear["CLR_FP"]), FN=float(clear["CLR_FN"]))
+    scores.update({name: float(identity[name]) for name in ("IDF1", "IDP", "IDR")})
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------------------- PoseTrack
+
+# poseval's 15 joints (its `Joint` order) and their PoseTrack18 slots; the ears are not evaluated.
+POSEVAL_JOINTS = (
+    "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "right_wrist", "right_elbow",
+    "right_shoulder", "left_shoulder", "left_elbow", "left_wrist", "head_bottom", "nose", "head_top",
+)
+# poseval's table columns (eval_helpers.getCum): each the mean of its joints.
+POSEVAL_JOINT_GROUPS = {
+    "head": ("head_top", "head_bottom", "nose"), "shoulder": ("right_shoulder", "left_shoulder"),
+    "elbow": ("right_elbow", "left_elbow"), "wrist": ("right_wrist", "left_wrist"),
+    "hip": ("right_hip", "left_hip"), "knee": ("right_knee", "left_knee"), "ankle": ("right_ankle", "left_ankle"),
+}
+POSEVAL_DIST_THRESH = 0.5  # a joint matches within half the head size (PCKh 0.5)
+POSEVAL_HEAD_FACTOR = 0.6  # head size = 0.6 x the head box diagonal (eval_helpers.getHeadSize)
+
+
+def _inside_polygons(points: np.ndarray, polygons: Sequence[np.ndarray]) -> np.ndarray:
+    """bool [n]: points (x, y) strictly inside any polygon [k, 2] (even-odd rule; points on an edge may go either
+    way, where shapely's `contains`, which poseval uses, says outside)."""
+    inside = np.zeros(len(points), dtype=bool)
+    for polygon in polygons:
+        polygon = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        if len(polygon) < 3:
+            continue
+        x, y = points[:, 0:1], points[:, 1:2]
+        (x0, y0), (x1, y1) = polygon.T[:, None, :], np.roll(polygon, -1, axis=0).T[:, None, :]
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_cross = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside |= (np.count_nonzero(crosses & (x < x_cross), axis=1) % 2 == 1)
+    return inside
+
+
+def _pose_arrays(people: Sequence[Any], ignore: Sequence[np.ndarray], ground_truth: bool, where: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(track ids [n], joints [n, 15, 2], present [n, 15], head sizes [n]) of a frame's people."""
+    from evals.tracking.datasets import POSETRACK_KEYPOINTS
+
+    slots = [POSETRACK_KEYPOINTS.index(name) for name in POSEVAL_JOINTS]
+    ids, joints, present, heads = [], [], [], []
+    for index, person in enumerate(people):
+        keypoints = np.asarray(person.keypoints, dtype=np.float64)
+        if keypoints.shape != (len(POSETRACK_KEYPOINTS), 3):
+            raise ValueError(f"expected {where} person {index}'s keypoints as [17, 3] (x, y, v), got "
+                             f"{keypoints.shape}")
+        if person.track_id is None:
+            raise ValueError(f"expected {where} person {index} to have a track id")
+        keypoints = keypoints[slots]
+        has = ~np.all(keypoints == 0, axis=1)  # poseval drops 0, 0, 0 points (unannotated in PoseTrack18)
+        if ignore:
+            has &= ~_inside_polygons(keypoints[:, :2], ignore)
+        head = np.nan
+        if ground_truth and has.any():
+            if getattr(person, "head_box", None) is None:
+                raise ValueError(f"expected {where} person {index} to have a head box (poseval's PCKh needs it)")
+            head = POSEVAL_HEAD_FACTOR * float(np.hypot(*np.asarray(person.head_box, dtype=np.float64)[2:4]))
+        ids.append(int(person.track_id))
+        joints.append(keypoints[:, :2])
+        present.append(has)
+        heads.append(head)
+    n = len(ids)
+    return (np.asarray(ids, dtype=np.int64).reshape(n), np.asarray(joints).reshape(n, len(slots), 2),
+            np.asarray(present, dtype=bool).reshape(n, len(slots)), np.asarray(heads, dtype=np.float64).reshape(n))
+
+
+def _contiguous(ids_per_frame: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    unique = np.unique(np.concatenate(ids_per_frame)) if ids_per_frame else np.zeros(0, dtype=np.int64)
+    return [np.searchsorted(unique, ids).astype(int) for ids in ids_per_frame], len(unique)
+
+
+def _joint_sequence_data(frames: list[tuple], joint: int, threshold: float) -> dict[str, Any]:
+    """TrackEval's data dict for one joint of one video: per frame the gt / predicted people with that joint, their
+    track ids, and similarity 1 - distance / head size (clipped at 0), so that a pair matches exactly when poseval's
+    distance is at most `threshold` (TrackEval's CLEAR and Identity match similarities >= 1 - threshold)."""
+    gt_ids, tracker_ids, similarity = [], [], []
+    for gt, pred in frames:
+        g, p = gt[2][:, joint], pred[2][:, joint]
+        gt_ids.append(gt[0][g])
+        tracker_ids.append(pred[0][p])
+        distance = np.linalg.norm(gt[1][g, joint][:, None, :] - pred[1][p, joint][None, :, :], axis=2)
+        distance = distance / gt[3][g][:, None]
+        similarity.append(np.clip(1.0 - distance * (POSEVAL_DIST_THRESH / threshold), 0.0, 1.0))
+    gt_ids, num_gt_ids = _contiguous(gt_ids)
+    tracker_ids, num_tracker_ids = _contiguous(tracker_ids)
+    return {"num_timesteps": len(frames), "gt_ids": gt_ids, "tracker_ids": tracker_ids,
+            "similarity_scores": similarity, "num_gt_ids": num_gt_ids, "num_tracker_ids": num_tracker_ids,
+            "num_gt_dets": int(sum(len(ids) for ids in gt_ids)),
+            "num_tracker_dets": int(sum(len(ids) for ids in tracker_ids))}
+
+
+def posetrack_scores(videos: Sequence[Sequence[tuple]], *, threshold: float = POSEVAL_DIST_THRESH,
+                     drop_last_frame: bool = True) -> dict[str, float]:
+    """PoseTrack multi-person pose tracking scores, per joint as poseval (`evaluateTracking.py`, with the IDF1 and
+    ID switches that UniTrack's copy of it adds) defines them, counted by TrackEval's CLEAR and Identity.
+
+    `videos`: per video, its frames in order, each (gt_people, pred_people) or (gt_people, pred_people,
+    ignore_regions); people have `keypoints` [17, 3] in PoseTrack18's slots (x, y, v; 0, 0, 0 = not annotated) and
+    `track_id`, ground-truth people a `head_box` (x, y, w, h) too (`datasets.PosePerson` has all). As poseval:
+
+    * the 15 joints of poseval (PoseTrack18's slots less the ears); a point is absent when it is 0, 0, 0, or inside
+      an ignore region (then for the ground truth and the prediction alike);
+    * frames without any ground-truth person are not evaluated (`cleanupData`), nor, with `drop_last_frame`, the
+      last evaluated frame of each video (poseval's `imgidxs[:-1]`);
+    * per joint and frame, the ground-truth and predicted people having that joint are the objects and hypotheses;
+      a pair can match when the joints are at most `threshold` x head size apart, head size = 0.6 x the ground
+      truth's head box diagonal (PCKh); the matching, misses, false positives and ID switches are the CLEAR MOT
+      ones (TrackEval's CLEAR with similarity 1 - distance / head size, threshold 0.5: poseval uses motmetrics);
+    * MOTA, MOTP (1 - mean matched distance in head sizes), Precision and Recall of a joint from its counts summed
+      over videos, then averaged over the joints that have ground truth; `MOTA_<group>` the mean of poseval's table
+      columns (head, shoulder, elbow, wrist, hip, knee, ankle);
+    * IDF1 as UniTrack's poseval: per joint the mean over videos of the video's IDF1 (TrackEval's Identity), then
+      the mean over joints; IDF1_combined: per joint from Identity counts summed over videos; IDSW, FP, FN: totals
+      over joints and videos.
+
+    Deviations from poseval: a frame with ground truth but no prediction (or the reverse) counts its real misses
+    (false positives), where poseval puts one dummy miss and one dummy false positive per joint; a video's IDF1 is
+    left out of a joint's mean when that joint has neither ground truth nor predictions in the video (poseval's
+    NaN would drop the joint altogether); matching prefers the previous frame's pairs (TrackEval) where motmetrics
+    keeps a pair matched at any earlier frame when it is still within reach.
+    """
+    from trackeval.metrics import CLEAR, Identity
+
+    if not 0 < threshold <= 1:
+        raise ValueError(f"expected threshold in (0, 1], got {threshold}")
+    clear, identity = CLEAR({"PRINT_CONFIG": False}), Identity({"PRINT_CONFIG": False})
+    prepared = []
+    for v, frames in enumerate(videos):
+        kept = []
+        for t, frame in enumerate(frames):
+            if len(frame) not in (2, 3):
+                raise ValueError(f"expected video {v} frame {t} as (gt_people, pred_people[, ignore_regions])")
+            gt_people, pred_people = frame[0], frame[1]
+            ignore = list(frame[2]) if len(frame) == 3 and frame[2] is not None else []
+            if len(gt_people) == 0:
+                continue
+            kept.append((_pose_arrays(gt_people, ignore, True, f"video {v} frame {t} ground-truth"),
+                         _pose_arrays(pred_people, ignore, False, f"video {v} frame {t} predicted")))
+        for gt, pred in kept:
+            for what, ids in (("ground-truth", gt[0]), ("predicted", pred[0])):
+                if len(np.unique(ids)) != len(ids):
+                    raise ValueError(f"expected unique {what} track ids per frame in video {v}, got {ids.tolist()}")
+        prepared.append(kept[:-1] if drop_last_frame else kept)
+    if not any(prepared):
+        raise ValueError("expected at least one frame with ground truth to score, got none")
+    names = list(POSEVAL_JOINTS)
+    per_joint: dict[str, dict[str, float]] = {}
+    idsw = fp = fn = 0.0
+    for joint, name in enumerate(names):
+        clear_res, identity_res, video_idf1 = {}, {}, []
+        for v, frames in enumerate(prepared):
+            if not frames:
+                continue
+            data = _joint_sequence_data(frames, joint, threshold)
+            clear_res[str(v)] = clear.eval_sequence(data)
+            identity_res[str(v)] = identity.eval_sequence(data)
+            if data["num_gt_dets"] + data["num_tracker_dets"] > 0:
+                video_idf1.append(float(identity_res[str(v)]["IDF1"]))
+        combined_clear = clear.combine_sequences(clear_res)
+        combined_identity = identity.combine_sequences(identity_res)
+        idsw += float(combined_clear["IDSW"])
+        fp += float(combined_clear["CLR_FP"])
+        fn += float(combined_clear["CLR_FN"])
+        if combined_clear["CLR_TP"] + combined_clear["CLR_FN"] == 0:
+            continue  # no ground truth of this joint: poseval's NaN, left out of the means
+        per_joint[name] = {
+            "MOTA": float(combined_clear["MOTA"]),
+            "MOTP": float(1.0 - (1.0 - combined_clear["MOTP"]) * threshold / POSEVAL_DIST_THRESH)
+            if combined_clear["CLR_TP"] else 0.0,
+            "Precision": float(combined_clear["CLR_Pr"]), "Recall": float(combined_clear["CLR_Re"]),
+            "IDF1": float(np.mean(video_idf1)) if video_idf1 else float("nan"),
+            "IDF1_combined": float(combined_identity["IDF1"]),
+        }
+    if not per_joint:
+        raise ValueError("expected at least one annotated joint in the evaluated frames, got none")
+    scores = {key: float(np.nanmean([joint[key] for joint in per_joint.values()]))
+              for key in ("MOTA", "MOTP", "Precision", "Recall", "IDF1", "IDF1_combined")}
+    scores.update(IDSW=idsw, FP=fp, FN=fn)
+    for group, joints in POSEVAL_JOINT_GROUPS.items():
+        values = [per_joint[name]["MOTA"] for name in joints if name in per_joint]
+        scores[f"MOTA_{group}"] = float(np.mean(values)) if values else float("nan")
     return scores

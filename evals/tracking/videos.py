@@ -1,5 +1,5 @@
-"""The offline tracking data: short videos of UCI digits moving over a canvas, written as DAVIS-2017, OTB or
-MOTChallenge.
+"""The offline tracking data: short videos of UCI digits moving over a canvas, written as DAVIS-2017, OTB,
+MOTChallenge, MOTS Challenge or PoseTrack18.
 
 Each video has a static background (`mec.digits.textured_background`) and 1 to 4 digits, each rendered once by
 `mec.digits.paste_digit` (its scale and rotation fixed for the video) and then moved rigidly: a constant velocity
@@ -35,7 +35,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from evals.tracking.datasets import DAVIS_PALETTE, DAVIS_RESOLUTION, OTB_GROUNDTRUTH
+from evals.tracking.datasets import (
+    DAVIS_PALETTE,
+    DAVIS_RESOLUTION,
+    OTB_GROUNDTRUTH,
+    POSETRACK_KEYPOINTS,
+    POSETRACK_SKELETON,
+    MotsObject,
+    rle_encode,
+)
 from mec.digits import (
     BoundingBox,
     DigitStyle,
@@ -48,7 +56,7 @@ from mec.digits import (
 )
 from mec.trees import MANIFEST_NAME, write_tree
 
-FORMATS = ("davis", "otb", "mot")
+FORMATS = ("davis", "otb", "mot", "mots", "posetrack")
 # Bump when the written files change for the same parameters, so existing trees get rewritten.
 VIDEOS_VERSION = 1
 MASK_ALPHA = 0.5
@@ -220,7 +228,8 @@ def render_video(
 
 def sequence_names(fmt: str, n_videos: int) -> list[str]:
     """The sequence names a tree of `n_videos` videos in `fmt` has, in order."""
-    pattern = {"davis": "digits-{:03d}", "otb": "Digits{:03d}", "mot": "DIGITS-{:02d}"}[fmt]
+    pattern = {"davis": "digits-{:03d}", "otb": "Digits{:03d}", "mot": "DIGITS-{:02d}", "mots": "DIGITS-{:02d}",
+               "posetrack": "{:06d}_digits"}[fmt]
     return [pattern.format(index + 1) for index in range(n_videos)]
 
 
@@ -232,6 +241,8 @@ def _expected_paths(params: dict[str, Any]) -> list[str]:
         ]
     if params["format"] == "otb":
         return [f"{name}/{OTB_GROUNDTRUTH}" for name in names]
+    if params["format"] == "posetrack":
+        return [f"{kind}/{params['split']}/{name}.json" for name in names for kind in ("annotations", "detections")]
     return [f"{params['split']}/{name}/seqinfo.ini" for name in names]
 
 
@@ -441,9 +452,9 @@ def write_videos(
     split: str = "train",
     **render_kwargs: Any,
 ) -> Path:
-    """Write `n_videos` digit videos of `frames` frames at `root` in `fmt` ("davis", "otb" or "mot") and return
-    `root`. `split` is the MOT split folder (ignored by the others); `render_kwargs` are `DigitStyle` fields
-    over `VIDEO_STYLE`.
+    """Write `n_videos` digit videos of `frames` frames at `root` in `fmt` ("davis", "otb", "mot", "mots" or
+    "posetrack") and return `root`. `split` is the MOT / MOTS / PoseTrack split folder (ignored by the others);
+    `render_kwargs` are `DigitStyle` fields over `VIDEO_STYLE`.
 
     davis: `root/JPEGImages/480p/digits-NNN/00000.jpg...`, `root/Annotations/480p/digits-NNN/00000.png...`
         (indexed PNGs with `DAVIS_PALETTE`: 0 background, 1..K the objects in z-order), `root/ImageSets/2017/val.txt`.
@@ -452,9 +463,10 @@ def write_videos(
     mot: `root/<split>/DIGITS-NN/img1/000001.jpg...`, `gt/gt.txt` (frame,id,x,y,w,h,1,1,visibility),
         `det/det.txt` (frame,-1,x,y,w,h,score,-1,-1,-1: jittered ground truth, some missed, a few false
         positives) and `seqinfo.ini`.
+    mots, posetrack: see `write_mots_videos` and `write_posetrack_videos`.
     Every tree also has `root/manifest.json`.
     """
-    extra = {"split": split} if fmt == "mot" else {}
+    extra = {"split": split} if fmt in ("mot", "mots", "posetrack") else {}
     params = _video_params(
         fmt, n_videos=n_videos, frames=frames, canvas=canvas, seed=seed, val_fraction=val_fraction,
         digits_per_video=digits_per_video, speed_range=speed_range, jitter=jitter, max_box_iou=max_box_iou,
@@ -481,7 +493,8 @@ def write_mot_videos(root: str | Path, **kwargs: Any) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m evals.tracking.videos",
-        description="Write the offline tracking data set (videos of moving UCI digits) as DAVIS-2017, OTB or MOT.",
+        description="Write the offline tracking data set (videos of moving UCI digits) as DAVIS-2017, OTB, MOT, "
+                    "MOTS or PoseTrack18.",
     )
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--output", type=Path, required=True, help="the tree's root folder")
@@ -489,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=20, help="frames per video")
     parser.add_argument("--canvas", type=int, default=64, help="frame side in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="train", help="MOT split folder (default train)")
+    parser.add_argument("--split", default="train", help="MOT / MOTS / PoseTrack split folder (default train)")
     args = parser.parse_args(argv)
     try:
         root = write_videos(args.format, args.output, n_videos=args.n_videos, frames=args.frames,
@@ -504,3 +517,249 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MOTS Challenge and PoseTrack18 trees (formats "mots" and "posetrack")
+
+# det/det.txt of a MOTS tree: each visible ground-truth mask shifted by a whole number of pixels (rounded
+# N(0, DET_JITTER_PX) per axis), dropped as the MOT boxes are (DET_DROP, DET_MIN_VISIBILITY), plus on average
+# DET_FALSE_POSITIVES ellipses per frame covering no particular digit; scores as for the MOT boxes.
+MOTS_CLASS = 2  # pedestrian, the MOTS Challenge's one class
+# PoseTrack "detections": ground-truth keypoints moved by N(0, POSE_JITTER_PX) pixels, each kept with probability
+# 1 - POSE_KEYPOINT_DROP; whole poses dropped as the MOT boxes are; false poses on random boxes.
+POSE_JITTER_PX = 0.5
+POSE_KEYPOINT_DROP = 0.1
+POSETRACK_IMAGE_ID_BASE = 10_000_000_000  # PoseTrack18 image ids: 1 followed by the 6-digit video number, 4-digit frame
+# A digit has no skeleton: its "keypoints" are fixed points of its box, a stick figure facing the viewer (the
+# person's left on the image's right), in PoseTrack18's 17 slots; (u, v) are fractions of the box width and height
+# from its top-left corner. The ears stay unannotated, as in PoseTrack18.
+DIGIT_KEYPOINTS: dict[str, tuple[float, float]] = {
+    "nose": (0.5, 0.1), "head_bottom": (0.5, 0.2), "head_top": (0.5, 0.0),
+    "left_shoulder": (0.75, 0.25), "right_shoulder": (0.25, 0.25),
+    "left_elbow": (0.9, 0.45), "right_elbow": (0.1, 0.45),
+    "left_wrist": (1.0, 0.6), "right_wrist": (0.0, 0.6),
+    "left_hip": (0.65, 0.6), "right_hip": (0.35, 0.6),
+    "left_knee": (0.7, 0.8), "right_knee": (0.3, 0.8),
+    "left_ankle": (0.75, 1.0), "right_ankle": (0.25, 1.0),
+}
+DIGIT_HEAD_BOX = (0.25, 0.0, 0.5, 0.2)  # x, y, w, h as fractions of the box: around head_top, nose, head_bottom
+
+
+def digit_keypoints(box: Sequence[float], label_map: np.ndarray | None = None, object_id: int = 0) -> np.ndarray:
+    """PoseTrack18 keypoints float64 [17, 3] (x, y, v) of a digit whose box is `box` (x0, y0, x1, y1, end
+    exclusive): `DIGIT_KEYPOINTS` placed on the box (x = x0 + u (w - 1), y = y0 + v (h - 1), rounded to 0.01 px).
+
+    This is a format-level stand-in for a human pose, not a skeleton: the points move rigidly with the digit, so
+    a tracker is scored on the same joint-level matching as on PoseTrack. With `label_map` (the frame's painted
+    label map), a point whose pixel shows a digit in front of object `object_id` (a higher id) is occluded and left
+    unannotated (0, 0, 0), as PoseTrack leaves joints it cannot see; visible points have v = 1.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    width, height = x1 - x0, y1 - y0
+    keypoints = np.zeros((len(POSETRACK_KEYPOINTS), 3))
+    for slot, name in enumerate(POSETRACK_KEYPOINTS):
+        if name not in DIGIT_KEYPOINTS:
+            continue
+        u, v = DIGIT_KEYPOINTS[name]
+        x, y = round(x0 + u * (width - 1), 2), round(y0 + v * (height - 1), 2)
+        if label_map is not None:
+            row = min(max(round(y), 0), label_map.shape[0] - 1)
+            col = min(max(round(x), 0), label_map.shape[1] - 1)
+            if int(label_map[row, col]) > object_id:
+                continue
+        keypoints[slot] = (x, y, 1.0)
+    return keypoints
+
+
+def digit_head_box(box: Sequence[float]) -> list[float]:
+    """The head box (x, y, w, h) of a digit's box (x0, y0, x1, y1): `DIGIT_HEAD_BOX`, rounded to 0.01 px."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    fx, fy, fw, fh = DIGIT_HEAD_BOX
+    width, height = x1 - x0, y1 - y0
+    return [round(x0 + fx * width, 2), round(y0 + fy * height, 2), round(fw * width, 2), round(fh * height, 2)]
+
+
+def _seqinfo(name: str, frames: int, canvas: int) -> str:
+    return (f"[Sequence]\nname={name}\nimDir=img1\nframeRate={MOT_FRAME_RATE}\nseqLength={frames}\n"
+            f"imWidth={canvas}\nimHeight={canvas}\nimExt=.jpg\n")
+
+
+def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """`mask` moved by (dx, dy) pixels; what leaves the canvas is cut off."""
+    out = np.zeros_like(mask)
+    height, width = mask.shape
+    src = mask[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
+    out[max(0, dy) : max(0, dy) + src.shape[0], max(0, dx) : max(0, dx) + src.shape[1]] = src
+    return out
+
+
+def _mots_detections(rng: np.random.Generator, video: Video, canvas: int) -> list[tuple[int, np.ndarray, float]]:
+    """(frame, mask, score) of a simulated instance segmenter: shifted ground-truth masks, misses, false ones."""
+    detections = []
+    sizes = np.array([obj.boxes[0, 2:] - obj.boxes[0, :2] for obj in video.objects], dtype=np.float64)
+    rows, cols = np.mgrid[0:canvas, 0:canvas]
+    for t in range(len(video.frames)):
+        for obj in video.objects:
+            drop = rng.random() < DET_DROP
+            dx, dy = (int(v) for v in np.round(rng.normal(0.0, DET_JITTER_PX, 2)))
+            score = rng.uniform(0.6, 1.0)
+            if drop or obj.visibility[t] < DET_MIN_VISIBILITY:
+                continue
+            mask = _shifted(video.masks[t] == obj.object_id, dx, dy)
+            if mask.any():
+                detections.append((t + 1, mask, score))
+        for _ in range(int(rng.poisson(DET_FALSE_POSITIVES))):
+            width, height = np.minimum(sizes[rng.integers(len(sizes))] * rng.uniform(0.8, 1.2), canvas)
+            cx, cy = rng.uniform(width / 2, canvas - width / 2), rng.uniform(height / 2, canvas - height / 2)
+            mask = ((cols + 0.5 - cx) / (width / 2)) ** 2 + ((rows + 0.5 - cy) / (height / 2)) ** 2 <= 1.0
+            detections.append((t + 1, mask, rng.uniform(0.3, 0.7)))
+    return detections
+
+
+def _write_mots_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
+    names = sequence_names("mots", params["n_videos"])
+    canvas = params["canvas"]
+    masks = detections = 0
+    for index, (name, video) in enumerate(zip(names, render_videos(params), strict=True)):
+        folder = target / params["split"] / name
+        for sub in ("img1", "gt", "det"):
+            (folder / sub).mkdir(parents=True)
+        for t, frame in enumerate(video.frames):
+            _save_jpeg(frame, folder / "img1" / f"{t + 1:06d}.jpg")
+        # MOTS gt: frame id class_id img_height img_width rle; id = class_id * 1000 + object id; visible pixels only
+        gt = [
+            MotsObject(t + 1, MOTS_CLASS * 1000 + obj.object_id, MOTS_CLASS, canvas, canvas,
+                       rle_encode(video.masks[t] == obj.object_id)).line() + "\n"
+            for t in range(params["frames"]) for obj in video.objects if (video.masks[t] == obj.object_id).any()
+        ]
+        (folder / "gt" / "gt.txt").write_text("".join(gt))
+        det_rng = np.random.default_rng([params["seed"], index, 2])
+        det = [MotsObject(frame, -1, MOTS_CLASS, canvas, canvas, rle_encode(mask), score).line(with_score=True) + "\n"
+               for frame, mask, score in _mots_detections(det_rng, video, canvas)]
+        (folder / "det" / "det.txt").write_text("".join(det))
+        (folder / "seqinfo.ini").write_text(_seqinfo(name, params["frames"], canvas))
+        masks += len(gt)
+        detections += len(det)
+    return {"videos": len(names), "frames": len(names) * params["frames"], "masks": masks, "detections": detections}
+
+
+def _posetrack_category() -> dict[str, Any]:
+    return {"supercategory": "person", "id": 1, "name": "person", "keypoints": list(POSETRACK_KEYPOINTS),
+            "skeleton": [list(limb) for limb in POSETRACK_SKELETON]}
+
+
+def _pose_detections(rng: np.random.Generator, video: Video, canvas: int) -> list[list[tuple[np.ndarray, float]]]:
+    """Per frame, (keypoints [17, 3], score) of a simulated pose estimator: jittered ground-truth keypoints (some
+    dropped), missed poses, false poses on random boxes."""
+    sizes = np.array([obj.boxes[0, 2:] - obj.boxes[0, :2] for obj in video.objects], dtype=np.float64)
+    frames = []
+    for t in range(len(video.frames)):
+        poses = []
+        candidates = [(digit_keypoints(obj.boxes[t], video.masks[t], obj.object_id),
+                       rng.random() < DET_DROP or obj.visibility[t] < DET_MIN_VISIBILITY) for obj in video.objects]
+        for _ in range(int(rng.poisson(DET_FALSE_POSITIVES))):
+            width, height = np.minimum(sizes[rng.integers(len(sizes))] * rng.uniform(0.8, 1.2), canvas)
+            x0, y0 = rng.uniform(0, canvas - width), rng.uniform(0, canvas - height)
+            candidates.append((digit_keypoints((x0, y0, x0 + width, y0 + height)), None))
+        for keypoints, drop in candidates:
+            present = np.any(keypoints != 0, axis=1)
+            jitter = rng.normal(0.0, POSE_JITTER_PX, (len(keypoints), 2))
+            kept = present & (rng.random(len(keypoints)) >= POSE_KEYPOINT_DROP)
+            score = rng.uniform(0.3, 0.7) if drop is None else rng.uniform(0.6, 1.0)
+            if drop or not kept.any():
+                continue
+            out = np.zeros_like(keypoints)
+            out[kept, :2] = np.round(np.clip(keypoints[kept, :2] + jitter[kept], 0, canvas - 1), 2)
+            out[kept, 2] = 1.0
+            poses.append((out, score))
+        frames.append(poses)
+    return frames
+
+
+def _posetrack_json(name: str, index: int, split: str, frames: int, people: list[list[dict[str, Any]]]
+                    ) -> dict[str, Any]:
+    vid = f"{index + 1:06d}"
+    images, annotations = [], []
+    for t in range(frames):
+        image_id = POSETRACK_IMAGE_ID_BASE + (index + 1) * 10_000 + t
+        images.append({"file_name": f"images/{split}/{name}/{t:06d}.jpg", "id": image_id, "frame_id": image_id,
+                       "vid_id": vid, "nframes": frames, "is_labeled": True, "has_no_densepose": True,
+                       "ignore_regions_x": [], "ignore_regions_y": []})
+        for person_index, person in enumerate(people[t]):
+            annotations.append({"id": image_id * 100 + person_index, "image_id": image_id, "category_id": 1,
+                                **person})
+    return {"images": images, "annotations": annotations, "categories": [_posetrack_category()]}
+
+
+def _keypoint_list(keypoints: np.ndarray) -> list[float]:
+    return [float(v) if v != int(v) else int(v) for v in keypoints.ravel()]
+
+
+def _write_posetrack_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
+    names = sequence_names("posetrack", params["n_videos"])
+    split, canvas = params["split"], params["canvas"]
+    for kind in ("annotations", "detections"):
+        (target / kind / split).mkdir(parents=True)
+    poses = detections = 0
+    for index, (name, video) in enumerate(zip(names, render_videos(params), strict=True)):
+        (target / "images" / split / name).mkdir(parents=True)
+        for t, frame in enumerate(video.frames):
+            _save_jpeg(frame, target / "images" / split / name / f"{t:06d}.jpg")
+        gt_people: list[list[dict[str, Any]]] = []
+        for t in range(params["frames"]):
+            frame_people = []
+            for obj in video.objects:
+                keypoints = digit_keypoints(obj.boxes[t], video.masks[t], obj.object_id)
+                if not keypoints.any():
+                    continue
+                x0, y0, x1, y1 = (int(v) for v in obj.boxes[t])
+                frame_people.append({"track_id": obj.object_id - 1, "keypoints": _keypoint_list(keypoints),
+                                     "bbox": [x0, y0, x1 - x0, y1 - y0], "bbox_head": digit_head_box(obj.boxes[t])})
+            gt_people.append(frame_people)
+            poses += len(frame_people)
+        det_rng = np.random.default_rng([params["seed"], index, 3])
+        det_people = []
+        for frame_poses in _pose_detections(det_rng, video, canvas):
+            det_people.append([{"keypoints": _keypoint_list(keypoints), "scores": [float(v) for v in keypoints[:, 2]],
+                                "score": round(float(score), 4)} for keypoints, score in frame_poses])
+            detections += len(frame_poses)
+        for kind, people in (("annotations", gt_people), ("detections", det_people)):
+            data = _posetrack_json(name, index, split, params["frames"], people)
+            (target / kind / split / f"{name}.json").write_text(json.dumps(data) + "\n")
+    return {"videos": len(names), "frames": len(names) * params["frames"], "poses": poses, "detections": detections}
+
+
+_TREE_WRITERS.update({"mots": _write_mots_tree, "posetrack": _write_posetrack_tree})
+
+
+def write_mots_videos(root: str | Path, **kwargs: Any) -> Path:
+    """`write_videos("mots", root, **kwargs)`: a MOTS Challenge tree of the digit videos.
+
+    `root/<split>/DIGITS-NN/img1/000001.jpg...`, `seqinfo.ini` (as MOT's), `gt/gt.txt` in the MOTS text format
+    (`frame id class_id img_height img_width rle`, space-separated; class 2 = pedestrian as in the MOTS Challenge,
+    id = 2000 + object id, the COCO RLE of the object's visible pixels; objects hidden entirely have no line, and
+    the masks of a frame never overlap, as TrackEval requires) and `det/det.txt`, the given masks: the same columns
+    with id -1 and a 7th, the score (shifted ground-truth masks, some missed, a few false ellipses; they may
+    overlap). UniTrack reads its given MOTS masks from per-frame files `obs/<detector>/<split>/<seq>/img1/
+    000001.txt` of the same six columns without a score; here they are one file per sequence, where MOT trees keep
+    their public detections.
+    """
+    kwargs.setdefault("split", "train")
+    return write_videos("mots", root, **kwargs)
+
+
+def write_posetrack_videos(root: str | Path, **kwargs: Any) -> Path:
+    """`write_videos("posetrack", root, **kwargs)` with `split` "val" unless given: a PoseTrack18 tree.
+
+    `root/images/<split>/NNNNNN_digits/000000.jpg...`, `root/annotations/<split>/NNNNNN_digits.json` (PoseTrack18
+    JSON: `images` with file_name, id = frame_id = 10000000000 + video * 10000 + frame, vid_id, nframes,
+    is_labeled; `annotations` with keypoints [x, y, v] x 17 from `digit_keypoints` (a format-level stand-in: digits
+    have no skeleton), track_id (object id - 1), bbox and bbox_head (`digit_head_box`, the PCKh reference);
+    `categories`: PoseTrack18's person with its 17 keypoint names and skeleton) and
+    `root/detections/<split>/NNNNNN_digits.json`, the given poses in the same format without track ids, with
+    "score" and per-keypoint "scores" (jittered keypoints, some dropped, missed poses, a few false ones). UniTrack
+    reads its given poses from `obs/<split>/<detector>/<video>.json` (PoseTrack17 annolist format).
+    """
+    kwargs.setdefault("split", "val")
+    return write_videos("posetrack", root, **kwargs)

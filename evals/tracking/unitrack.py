@@ -46,10 +46,12 @@ from typing import Any
 import torch
 import yaml
 
+from evals import TRACKING_TASKS
+from mec.augment import IMAGENET_MEAN, IMAGENET_STD
 from mec.checkpoint import write_atomically, write_text_atomically
 
 UNITRACK_COMMIT = "a83e782f5c56c17ccf30f0e330cb50bd3349d5b7"  # the UniTrack commit this module was written against
-TASKS = ("sot", "vos", "mot", "mots", "posetrack")
+TASKS = tuple(TRACKING_TASKS)
 SCRIPTS = {"sot": "test/test_sot_siamfc.py", "vos": "test/test_vos.py", "mot": "test/test_mot.py",
            "mots": "test/test_mots.py", "posetrack": "test/test_posetrack.py"}
 BASE_CONFIG = "config/imagenet_resnet18_s3_womotion.yaml"
@@ -58,8 +60,6 @@ DATA_ROOT_KEYS = {"sot": "dataroot", "vos": "davisroot", "mot": "mot_root", "mot
                   "posetrack": "data_root"}
 # The `make_encoder` branch that loads each depth from `resume` (module docstring).
 MODEL_TYPES = {"resnet50": "barlowtwins", "resnet18": "crw"}
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 # What each script writes under the checkout, per exp_name. The SOT script skips a video whose result file exists
 # and the DAVIS evaluator reuses a global_results CSV it finds, so a rerun must start from none of them.
 RESULT_PATHS = {"sot": ("results/sot/SiamFC/{exp}",), "vos": ("results/vos/{exp}", "results/vos/convert_{exp}"),

@@ -686,11 +686,9 @@ def _pose_people(path: Path, data: dict[str, Any], image_ids: set[int], ground_t
         keypoints = _json_numbers(path, f"{where}.keypoints", _json_key(path, where, item, "keypoints"),
                                   3 * len(POSETRACK_KEYPOINTS)).reshape(-1, 3)
         annotated = bool(np.any(keypoints != 0))
-        track_id = None
-        if ground_truth:
-            track_id = _json_key(path, where, item, "track_id")
-            if not isinstance(track_id, int) or isinstance(track_id, bool):
-                raise TrackingDataError(f"{path}: {where}.track_id must be an integer, got {track_id!r}")
+        track_id = _json_key(path, where, item, "track_id") if ground_truth else item.get("track_id")
+        if (ground_truth or track_id is not None) and (not isinstance(track_id, int) or isinstance(track_id, bool)):
+            raise TrackingDataError(f"{path}: {where}.track_id must be an integer, got {track_id!r}")
         head_box = box = None
         if ground_truth and annotated:  # poseval's PCKh needs the head box of every annotated person
             head_box = _json_numbers(path, f"{where}.bbox_head", _json_key(path, where, item, "bbox_head"), 4)
@@ -739,8 +737,9 @@ def read_posetrack_json(path: str | Path, root: str | Path, *, ground_truth: boo
                         ) -> list[PoseFrame]:
     """The frames of one PoseTrack18 JSON file, ordered by frame_id, with the people of each. Image files are
     `root/<file_name>`. Ground truth needs an integer `track_id` on every annotation and a `bbox_head` on every
-    annotation with keypoints (poseval measures joint distances in head sizes); a missing key is a
-    TrackingDataError naming the file and the JSON element."""
+    annotation with keypoints (poseval measures joint distances in head sizes); otherwise (detections, tracker
+    results) a track_id is read where there is one. A missing key is a TrackingDataError naming the file and the
+    JSON element (a file that is not JSON: the file and line)."""
     path, root = Path(path), Path(root)
     data = _json_file(path)
     images = _pose_images(path, data, root)

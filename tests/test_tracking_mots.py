@@ -298,3 +298,31 @@ def test_run_mots_perfect_masks_and_an_oracle_give_a_perfect_tracker(mots_root: 
     noisy = mots.run_mots(OracleModel(mots_root), mots_root)
     assert {"IDF1", "HOTA", "MOTA", "IDSW", "sMOTSA", "DetA", "AssA"} <= set(noisy)
     assert noisy["FN"] > 0 and noisy["FP"] > 0 and 0 < noisy["IDF1"] < 1
+
+
+def test_masks_with_the_real_network_shapes():
+    from evals.tracking.appearance import AppearanceModel
+    from mec.augment import IMAGENET_MEAN, IMAGENET_STD
+    from mec.models import build_backbone
+
+    torch.manual_seed(0)
+    for cifar_stem, stride in ((True, 4), (False, 8)):
+        backbone = build_backbone("resnet18", width=8, cifar_stem=cifar_stem)
+        model = AppearanceModel(backbone, IMAGENET_MEAN, IMAGENET_STD)
+        assert model.stride == stride
+        frames, masks, scores, _ = crossing_video(n=3)
+        ids = mots.associate_masks(model, frames, masks, scores)
+        assert [len(i) for i in ids] == [len(m) for m in masks] and all((i[np.array(s) > 0.5] > 0).all()
+                                                                         for i, s in zip(ids, scores, strict=True))
+
+
+def test_cli_writes_a_mots_tree(tmp_path: Path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "evals.tracking.videos", "--format", "mots", "--output",
+                             str(tmp_path / "mots"), "--n-videos", "1", "--frames", "2"],
+                            capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"mots digit videos in {tmp_path / 'mots'}: ")
+    assert len(read_mots(tmp_path / "mots")[0].frames) == 2

@@ -515,10 +515,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # MOTS Challenge and PoseTrack18 trees (formats "mots" and "posetrack")
 
@@ -763,3 +759,7 @@ def write_posetrack_videos(root: str | Path, **kwargs: Any) -> Path:
     """
     kwargs.setdefault("split", "val")
     return write_videos("posetrack", root, **kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

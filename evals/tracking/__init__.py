@@ -106,7 +106,8 @@ def _offline_root(job: EvalJob, options: dict[str, Any]) -> Path:
         data = job.cfg.data
     except Exception as error:
         raise TrackingOptionError(f"tracking task {options['task']} has no options.root and the run's config is "
-                                  f"unusable ({error}); set datasets.{TRACKING_TASKS[options['task']].datasets_key}")
+                                  f"unusable ({error}); set datasets.{TRACKING_TASKS[options['task']].datasets_key}"
+                                  ) from None
     if data.name != "digits":
         key = TRACKING_TASKS[options["task"]].datasets_key
         raise TrackingOptionError(f"tracking task {options['task']} needs options.root (or datasets.{key}): offline "

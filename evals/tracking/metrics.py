@@ -301,7 +301,8 @@ def mot_scores(gt_rows: np.ndarray, pred_rows: np.ndarray, num_frames: int | Non
     return mot_benchmark_scores([(gt_rows, pred_rows, num_frames)], benchmark)
 
 
-def mot_benchmark_scores(sequences: Sequence[tuple[Any, Any, int | None]], benchmark: str = "MOT17") -> dict[str, float]:
+def mot_benchmark_scores(sequences: Sequence[tuple[Any, Any, int | None]],
+                         benchmark: str = "MOT17") -> dict[str, float]:
     """`mot_scores` of a benchmark's sequences together, each given as (gt_rows, pred_rows, num_frames): TrackEval
     combines the sequences' counts (`combine_sequences`, its "COMBINED_SEQ" row), not their scores' averages."""
     from trackeval.metrics import CLEAR, HOTA, Identity

@@ -155,8 +155,11 @@ def posetrack_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_posetrack_tree_matches_the_rendered_videos(posetrack_root: Path):
-    params = json.loads((posetrack_root / MANIFEST_NAME).read_text())["params"]
-    assert params["split"] == "val"
+    manifest = (posetrack_root / MANIFEST_NAME).read_text()
+    params = json.loads(manifest)["params"]
+    assert params["split"] == "val"  # write_videos("posetrack") defaults to val, where read_posetrack looks
+    videos.write_videos("posetrack", posetrack_root, n_videos=2, frames=6, digits_per_video=(2, 3))
+    assert (posetrack_root / MANIFEST_NAME).read_text() == manifest
     rendered = videos.render_videos(params)
     read = read_posetrack(posetrack_root)
     assert [v.name for v in read] == videos.sequence_names("posetrack", 2) == ["000001_digits", "000002_digits"]

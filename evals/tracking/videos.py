@@ -449,12 +449,13 @@ def write_videos(
     speed_range: Sequence[float] = (1.0, 3.0),
     jitter: float = 0.5,
     max_box_iou: float = 0.2,
-    split: str = "train",
+    split: str | None = None,
     **render_kwargs: Any,
 ) -> Path:
     """Write `n_videos` digit videos of `frames` frames at `root` in `fmt` ("davis", "otb", "mot", "mots" or
-    "posetrack") and return `root`. `split` is the MOT / MOTS / PoseTrack split folder (ignored by the others);
-    `render_kwargs` are `DigitStyle` fields over `VIDEO_STYLE`.
+    "posetrack") and return `root`. `split` is the MOT / MOTS / PoseTrack split folder (default "train", "val" for
+    posetrack, the splits their readers default to; ignored by the others); `render_kwargs` are `DigitStyle` fields
+    over `VIDEO_STYLE`.
 
     davis: `root/JPEGImages/480p/digits-NNN/00000.jpg...`, `root/Annotations/480p/digits-NNN/00000.png...`
         (indexed PNGs with `DAVIS_PALETTE`: 0 background, 1..K the objects in z-order), `root/ImageSets/2017/val.txt`.
@@ -466,6 +467,8 @@ def write_videos(
     mots, posetrack: see `write_mots_videos` and `write_posetrack_videos`.
     Every tree also has `root/manifest.json`.
     """
+    if split is None:
+        split = "val" if fmt == "posetrack" else "train"
     extra = {"split": split} if fmt in ("mot", "mots", "posetrack") else {}
     params = _video_params(
         fmt, n_videos=n_videos, frames=frames, canvas=canvas, seed=seed, val_fraction=val_fraction,
@@ -502,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=20, help="frames per video")
     parser.add_argument("--canvas", type=int, default=64, help="frame side in pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", default="train", help="MOT / MOTS / PoseTrack split folder (default train)")
+    parser.add_argument("--split", default=None,
+                        help="MOT / MOTS / PoseTrack split folder (default train; val for posetrack)")
     args = parser.parse_args(argv)
     try:
         root = write_videos(args.format, args.output, n_videos=args.n_videos, frames=args.frames,
@@ -741,12 +745,11 @@ def write_mots_videos(root: str | Path, **kwargs: Any) -> Path:
     000001.txt` of the same six columns without a score; here they are one file per sequence, where MOT trees keep
     their public detections.
     """
-    kwargs.setdefault("split", "train")
     return write_videos("mots", root, **kwargs)
 
 
 def write_posetrack_videos(root: str | Path, **kwargs: Any) -> Path:
-    """`write_videos("posetrack", root, **kwargs)` with `split` "val" unless given: a PoseTrack18 tree.
+    """`write_videos("posetrack", root, **kwargs)` (`split` "val" unless given): a PoseTrack18 tree.
 
     `root/images/<split>/NNNNNN_digits/000000.jpg...`, `root/annotations/<split>/NNNNNN_digits.json` (PoseTrack18
     JSON: `images` with file_name, id = frame_id = 10000000000 + video * 10000 + frame, vid_id, nframes,
@@ -757,7 +760,6 @@ def write_posetrack_videos(root: str | Path, **kwargs: Any) -> Path:
     "score" and per-keypoint "scores" (jittered keypoints, some dropped, missed poses, a few false ones). UniTrack
     reads its given poses from `obs/<split>/<detector>/<video>.json` (PoseTrack17 annolist format).
     """
-    kwargs.setdefault("split", "val")
     return write_videos("posetrack", root, **kwargs)
 
 

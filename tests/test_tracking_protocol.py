@@ -25,7 +25,8 @@ from mec.tracking import RunLogger
 from workflow.experiment import build_experiment
 
 SMALL_VIDEOS = {"n_videos": 2, "frames": 6, "canvas": 48}
-TASK_SCORES = {"vos": {"J_mean", "F_mean", "JF_mean"}, "sot": {"AUC", "precision"}, "mot": {"IDF1", "HOTA", "IDSW"}}
+TASK_SCORES = {"vos": {"J_mean", "F_mean", "JF_mean"}, "sot": {"AUC", "precision"}, "mot": {"IDF1", "HOTA", "IDSW"},
+               "mots": {"IDF1", "HOTA", "IDSW"}, "posetrack": {"IDF1", "IDSW"}}
 
 
 def _digits_config() -> dict:
@@ -50,7 +51,7 @@ def _job(tmp_path: Path, backbone: Path, config: dict | None = None, **options) 
                    experiment="evals")
 
 
-@pytest.mark.parametrize("task", ["vos", "sot", "mot"])
+@pytest.mark.parametrize("task", sorted(TASK_SCORES))
 def test_each_task_tracks_the_offline_videos_and_logs_its_scores(tmp_path, backbone, task):
     head = {"exemplar_size": 16, "instance_size": 32} if task == "sot" else {}
     job = _job(tmp_path, backbone, task=task, videos=SMALL_VIDEOS, head=head)

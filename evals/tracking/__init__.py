@@ -2,9 +2,11 @@
 heads without fine-tuning.
 
 - `appearance`: the backbone up to stage 3 at stride 8, L2-normalised features.
-- `vos`, `sot`, `mot`: mask propagation by feature affinity, cross-correlation tracking, association of given
-  detections by appearance (Hungarian, motion cues off); `tasks` runs them over a benchmark's folder and scores.
-- `metrics`: DAVIS J / F, the OTB success AUC, MOTChallenge HOTA / MOTA / IDF1 (TrackEval).
+- `vos`, `sot`, `mot`, `mots`, `posetrack`: mask propagation by feature affinity, cross-correlation tracking,
+  association of given boxes, masks and poses by appearance (Hungarian, motion cues off); `tasks` runs each over a
+  benchmark's folder, saves the predictions and scores them.
+- `metrics`: DAVIS J / F, the OTB success AUC, MOTChallenge and MOTS HOTA / MOTA / IDF1 (TrackEval), PoseTrack's
+  per-joint MOTA / IDF1 / ID switches as poseval counts them.
 - `videos`, `datasets`: the offline digit videos in the benchmarks' layouts, and checked readers.
 - `unitrack`: the same tasks run by a UniTrack checkout, for those who have one.
 

@@ -86,6 +86,19 @@ def _numbered_images(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> 
     return images
 
 
+def read_frames(paths: Sequence[Path]) -> list[np.ndarray]:
+    """uint8 [H, W, 3] RGB frames (grey and palette images converted); an unreadable image is a TrackingDataError
+    naming it."""
+    frames = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except OSError as error:
+            raise TrackingDataError(f"{path}: not a readable image ({error})") from None
+    return frames
+
+
 def _numeric_rows(path: Path, min_columns: int, expected: str) -> np.ndarray:
     """A text file of numbers, one row per non-empty line (commas, tabs or spaces between them), as float64."""
     try:

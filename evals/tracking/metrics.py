@@ -20,6 +20,7 @@ Each function follows the benchmark's official evaluation code, named in its doc
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,15 @@ DAVIS_VOID_LABEL = 255
 OTB_IOU_THRESHOLDS = np.arange(0, 1.05, 0.05)
 OTB_CENTRE_THRESHOLDS = np.arange(0, 51, 1)
 MOT_BENCHMARKS = ("MOT15", "MOT16", "MOT17", "MOT20")
+
+
+def write_sequence_scores(output_dir: str | Path, per_sequence: dict[str, dict[str, float]]) -> Path:
+    """``<output_dir>/sequences.json``: each sequence's own scores, to see where a backbone fails (the benchmark's
+    numbers combine the sequences; they are not the mean of these)."""
+    path = Path(output_dir) / "sequences.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(per_sequence, indent=1, sort_keys=True))
+    return path
 
 
 # --------------------------------------------------------------------------------------------------------------- DAVIS

@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from evals.tracking import datasets, metrics
@@ -215,24 +214,12 @@ def disjoint_masks(masks: np.ndarray, scores: Sequence[float]) -> np.ndarray:
     return out
 
 
-def read_frames(paths: Sequence[Path]) -> list[np.ndarray]:
-    """uint8 [H, W, 3] RGB frames; an unreadable image is a TrackingDataError naming it."""
-    frames = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                frames.append(np.asarray(image.convert("RGB")))
-        except OSError as error:
-            raise TrackingDataError(f"{path}: not a readable image ({error})") from None
-    return frames
-
-
 def track_sequence(model: Any, sequence: datasets.MotsSequence, frames: Sequence[np.ndarray] | None = None,
                    *, class_id: int = MOTS_PEDESTRIAN, **head_options: Any) -> list[MotsObject]:
     """The MOTS result rows of one sequence: its given masks of class `class_id` (det/det.txt) associated by
     `associate_masks` (``max_lost`` from seqinfo.ini's frameRate unless given), made disjoint per frame by score,
     each written with id 2000 + track id (as UniTrack writes MOTS results) and class `class_id`."""
-    frames = read_frames(sequence.frames) if frames is None else frames
+    frames = datasets.read_frames(sequence.frames) if frames is None else frames
     by_frame: list[list[MotsObject]] = [[] for _ in frames]
     for obj in sequence.det:
         if obj.class_id == class_id:
@@ -267,8 +254,9 @@ def run_mots(model: Any, root: str | Path, *, split: str = "train", output_dir: 
     `track_sequence` and all scored together by `metrics.mots_benchmark_scores` (TrackEval's MOTSChallenge:
     HOTA, DetA, AssA, LocA, MOTA, MOTP, sMOTSA, IDSW, Frag, MT, ML, FP, FN, IDF1, IDP, IDR; fractions, counts as
     floats). With `output_dir`, the results are written as `<output_dir>/<sequence>.txt` in the MOTS format (what
-    TrackEval and the MOTS Challenge read). `head_options` go to `associate_masks`."""
-    scored = []
+    TrackEval and the MOTS Challenge read) and each sequence's scores to `sequences.json`. `head_options` go to
+    `associate_masks`."""
+    scored, per_sequence = [], {}
     for sequence in datasets.read_mots(root, split):
         if not sequence.gt:
             raise TrackingDataError(f"{Path(root) / split / sequence.name}: no gt/gt.txt to score against")
@@ -278,4 +266,7 @@ def run_mots(model: Any, root: str | Path, *, split: str = "train", output_dir: 
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{sequence.name}.txt").write_text("".join(row.line() + "\n" for row in rows))
         scored.append((sequence.gt, rows, len(sequence.frames)))
+        per_sequence[sequence.name] = metrics.mots_scores(sequence.gt, rows, len(sequence.frames))
+    if output_dir is not None:
+        metrics.write_sequence_scores(output_dir, per_sequence)
     return metrics.mots_benchmark_scores(scored)

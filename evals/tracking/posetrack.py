@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from evals.tracking import datasets, metrics
 from evals.tracking.datasets import POSETRACK_KEYPOINTS, PosePerson, TrackingDataError
-from evals.tracking.mots import associate_masks, max_lost_for, read_frames
+from evals.tracking.mots import associate_masks, max_lost_for
 
 POSE_MAX_MASK_AREA = 400  # UniTrack's posetrack.max_mask_area (cells)
 POSETRACK_FRAME_RATE = 6  # UniTrack's posetrack.frame_rate
@@ -153,12 +153,13 @@ def run_posetrack(model: Any, root: str | Path, *, split: str = "val", output_di
     `<detections>/<split>/`): every video tracked by `associate_poses` and scored by `metrics.posetrack_scores`
     (per joint as poseval: MOTA, MOTP, Precision, Recall, IDF1 (UniTrack's), IDF1_combined, IDSW, FP, FN,
     MOTA_<joint group>; fractions, counts as floats). With `output_dir`, the tracked poses are written as
-    `<output_dir>/<video>.json` (PoseTrack18, what poseval reads). `head_options` go to `associate_poses`."""
-    scored = []
+    `<output_dir>/<video>.json` (PoseTrack18, what poseval reads) and each video's scores to `sequences.json`.
+    `head_options` go to `associate_poses`."""
+    scored, per_video = [], {}
     for video in datasets.read_posetrack(root, split, detections=detections):
         if video.detections is None:
             raise TrackingDataError(f"{video.annotation_file}: no given poses to track")
-        frames = read_frames([frame.file for frame in video.frames])
+        frames = datasets.read_frames([frame.file for frame in video.frames])
         tracked = associate_poses(model, frames, video.detections, **head_options)
         if output_dir is not None:
             out = Path(output_dir)
@@ -166,4 +167,7 @@ def run_posetrack(model: Any, root: str | Path, *, split: str = "val", output_di
             (out / f"{video.name}.json").write_text(json.dumps(prediction_json(video, tracked)) + "\n")
         scored.append([(frame.people, people, frame.ignore_regions)
                        for frame, people in zip(video.frames, tracked, strict=True)])
+        per_video[video.name] = metrics.posetrack_scores(scored[-1:], drop_last_frame=drop_last_frame)
+    if output_dir is not None:
+        metrics.write_sequence_scores(output_dir, per_video)
     return metrics.posetrack_scores(scored, drop_last_frame=drop_last_frame)

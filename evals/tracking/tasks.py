@@ -18,8 +18,6 @@ fails. Frames are read as RGB (grey and palette images converted), one sequence 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +25,7 @@ import numpy as np
 from PIL import Image
 
 from evals.tracking import datasets, metrics
-from evals.tracking.datasets import TrackingDataError
-
-
-def read_frames(paths: Sequence[Path]) -> list[np.ndarray]:
-    """uint8 [H,W,3] RGB frames; an unreadable image is a TrackingDataError naming it."""
-    frames = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                frames.append(np.asarray(image.convert("RGB")))
-        except OSError as error:
-            raise TrackingDataError(f"{path}: not a readable image ({error})") from None
-    return frames
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, sort_keys=True))
+from evals.tracking.datasets import TrackingDataError, read_frames
 
 
 def run_vos(model: Any, root: str | Path, output_dir: str | Path, *, split: str = "val",
@@ -73,7 +54,7 @@ def run_vos(model: Any, root: str | Path, output_dir: str | Path, *, split: str 
         preds.append(pred)
         gts.append(gt)
     scores = metrics.davis_scores(preds, gts)
-    _write_json(out / "sequences.json", per_sequence)
+    metrics.write_sequence_scores(out, per_sequence)
     return scores
 
 
@@ -89,7 +70,7 @@ def run_sot(model: Any, root: str | Path, output_dir: str | Path, **head: Any) -
         np.savetxt(out / f"{sequence.name}.txt", boxes, fmt="%.2f", delimiter=",")
         per_sequence[sequence.name] = {"AUC": metrics.otb_success_auc(boxes, sequence.boxes),
                                        "precision": metrics.otb_precision(boxes, sequence.boxes)}
-    _write_json(out / "sequences.json", per_sequence)
+    metrics.write_sequence_scores(out, per_sequence)
     return {name: float(np.mean([s[name] for s in per_sequence.values()])) for name in ("AUC", "precision")}
 
 
@@ -113,22 +94,22 @@ def run_mot(model: Any, root: str | Path, output_dir: str | Path, *, split: str 
                              "1,-1,-1,-1\n")
         scored.append((sequence.gt, rows, len(sequence.frames)))
         per_sequence[sequence.name] = metrics.mot_scores(sequence.gt, rows, len(sequence.frames), benchmark)
-    _write_json(out / "sequences.json", per_sequence)
+    metrics.write_sequence_scores(out, per_sequence)
     return metrics.mot_benchmark_scores(scored, benchmark)
 
 
 def run_mots(model: Any, root: str | Path, output_dir: str | Path, **options: Any) -> dict[str, float]:
-    """MOTS with given masks: `evals.tracking.mots.run_mots`."""
+    """MOTS with given masks (`evals.tracking.mots.run_mots`): results `<output_dir>/<sequence>.txt` (MOTS)."""
     from evals.tracking import mots
 
-    return mots.run_mots(model, root, **options)
+    return mots.run_mots(model, root, output_dir=output_dir, **options)
 
 
 def run_posetrack(model: Any, root: str | Path, output_dir: str | Path, **options: Any) -> dict[str, float]:
-    """PoseTrack with given poses: `evals.tracking.posetrack.run_posetrack`."""
+    """PoseTrack with given poses (`evals.tracking.posetrack.run_posetrack`): PoseTrack18 JSON per video."""
     from evals.tracking import posetrack
 
-    return posetrack.run_posetrack(model, root, **options)
+    return posetrack.run_posetrack(model, root, output_dir=output_dir, **options)
 
 
 # task (`evals.TRACKING_TASKS`) -> runner(model, root, output_dir, [split=...], **head options) -> scores

@@ -86,6 +86,21 @@ DATASETS: dict[str, TransferSet] = {
 }
 
 
+def center_crop_transform(size: int) -> Any:
+    """How the protocols see a test image: Resize(size * 256/224) + CenterCrop(size), ImageNet normalisation."""
+    return T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def open_split(name: str, root: str, split: str, transform: Any) -> Dataset:
+    """One split of a `DATASETS` data set read by torchvision (no download); a missing folder raises one line."""
+    try:
+        return DATASETS[name].build(root, split, transform)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise FileNotFoundError(f"transfer data set {name} not found under {root} (split {split!r}): {exc}") \
+            from None
+
+
 def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """[N, D] features and labels ([N] or [N, classes]) of one split, from the cache when present."""
     identity = data_identity(None, length=20, backbone_sha256=ckpt.file_sha256(job.backbone), dataset=name,
@@ -93,13 +108,7 @@ def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tupl
     path = Path(job.feature_cache) / f"transfer-{name}-{split}-{identity}.pt"
 
     def extract() -> Features:
-        transform = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
-                               T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-        try:
-            dataset = DATASETS[name].build(root, split, transform)
-        except (RuntimeError, FileNotFoundError) as exc:
-            raise FileNotFoundError(f"transfer data set {name} not found under {root} (split {split!r}): {exc}") \
-                from None
+        dataset = open_split(name, root, split, center_crop_transform(size))
         net, _ = load_frozen_backbone(job.backbone, job.cfg)
         device = select_device()
         net = net.to(device).eval()
@@ -116,14 +125,20 @@ def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tupl
     return features.features.numpy(), features.labels.numpy()
 
 
+def score_outputs(metric: str, outputs: np.ndarray, y: np.ndarray) -> float:
+    """The data set's metric: ``outputs`` are per-class scores [N, classes] for "map11" (``y`` [N, classes] of
+    0/1; classes without a positive are left out), predicted labels [N] otherwise ("top1", "mean_per_class")."""
+    if metric == "map11":
+        return float(np.mean([_ap11(outputs[:, k], y[:, k]) for k in range(y.shape[1]) if y[:, k].any()]))
+    if metric == "mean_per_class":
+        return float(np.mean([np.mean(outputs[y == c] == c) for c in np.unique(y)]))
+    return float(np.mean(outputs == y))
+
+
 def _score(metric: str, clf: Any, x: np.ndarray, y: np.ndarray) -> float:
     if metric == "map11":
-        scores = np.stack([est.decision_function(x) for est in clf], axis=1)
-        return float(np.mean([_ap11(scores[:, k], y[:, k]) for k in range(y.shape[1]) if y[:, k].any()]))
-    predicted = clf.predict(x)
-    if metric == "mean_per_class":
-        return float(np.mean([np.mean(predicted[y == c] == c) for c in np.unique(y)]))
-    return float(np.mean(predicted == y))
+        return score_outputs(metric, np.stack([est.decision_function(x) for est in clf], axis=1), y)
+    return score_outputs(metric, clf.predict(x), y)
 
 
 def _ap11(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -162,22 +177,33 @@ def _seeded_split(labels: np.ndarray, name: str, seed: int) -> tuple[np.ndarray,
     return np.asarray(sorted(train)), np.asarray(sorted(test))
 
 
+def split_indices(name: str, train_labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray | None,
+                                                                           np.ndarray | None]:
+    """Which images of the data set's training split (``splits[0]``, labels ``train_labels``: [N] or
+    [N, classes]) train, validate and test: (train, val, test) index arrays into that split. ``val`` is None
+    where the data set has an official validation split, ``test`` None where it has an official test split.
+    Without an official test split (SUN397, Caltech-101) a seeded per-class split takes the test images; without
+    an official validation split, a seeded, class-balanced `VALIDATION_FRACTION` of the training images."""
+    train_split, val_split, test_split = DATASETS[name].splits
+    train_idx, test_idx = np.arange(len(train_labels)), None
+    if train_split == test_split:  # no official split
+        train_idx, test_idx = _seeded_split(train_labels, name, seed)
+    if val_split is not None:
+        return train_idx, None, test_idx
+    labels = train_labels[train_idx]
+    held = np.zeros(len(labels), dtype=bool)
+    held[balanced_subset(labels if labels.ndim == 1 else labels.argmax(1), VALIDATION_FRACTION, seed)] = True
+    return train_idx[~held], train_idx[held], test_idx
+
+
 def _train_val_test(job: EvalJob, name: str, root: str, size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(features, labels) of the training, validation and test splits (held out / seeded where not official)."""
     train_split, val_split, test_split = DATASETS[name].splits
-    x_train, y_train = _features(job, name, root, train_split, size)
-    if train_split == test_split:  # no official split
-        train_idx, test_idx = _seeded_split(y_train, name, seed)
-        x_test, y_test = x_train[test_idx], y_train[test_idx]
-        x_train, y_train = x_train[train_idx], y_train[train_idx]
-    else:
-        x_test, y_test = _features(job, name, root, test_split, size)
-    if val_split is not None:
-        return [(x_train, y_train), _features(job, name, root, val_split, size), (x_test, y_test)]
-    stratify = y_train if y_train.ndim == 1 else y_train.argmax(1)
-    held = np.zeros(len(y_train), dtype=bool)
-    held[balanced_subset(stratify, VALIDATION_FRACTION, seed)] = True
-    return [(x_train[~held], y_train[~held]), (x_train[held], y_train[held]), (x_test, y_test)]
+    x_all, y_all = _features(job, name, root, train_split, size)
+    train_idx, val_idx, test_idx = split_indices(name, y_all, seed)
+    test = _features(job, name, root, test_split, size) if test_idx is None else (x_all[test_idx], y_all[test_idx])
+    val = _features(job, name, root, val_split, size) if val_idx is None else (x_all[val_idx], y_all[val_idx])
+    return [(x_all[train_idx], y_all[train_idx]), val, test]
 
 
 def _fit_and_score(metric: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],

@@ -1,4 +1,4 @@
-"""Image augmentations: two-view pretraining recipes and the evaluation transforms.
+"""Image augmentations: two-view and multi-crop pretraining recipes and the evaluation transforms.
 
 All transforms take a PIL image (what `ImageFolder` and torchvision's CIFAR return) and produce a normalised
 float tensor of shape [3, size, size]. They are built from `torchvision.transforms` (v1) so that every recipe is
@@ -9,6 +9,10 @@ Recipes:
   solarize only on view 2).
 - "cifar": the SimSiam CIFAR recipe the paper's appendix B follows: no blur, symmetric views.
 - "digits": the offline rendered digits of `mec.digits`: crops and strong colour jitter, never a mirror flip.
+
+Multi-crop (paper appendix, "Pre-training with additional strategies", Table 7's MEC with multi-crop):
+each recipe's two global views, unchanged, plus N smaller local views (six 96 x 96 crops of scale
+(0.05, 0.14) following SwAV); see `multi_crop` and `build_pretrain_views`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ EVAL_KINDS = ("imagenet", "cifar", "digits")
 # Sigma range of the Gaussian blur in BYOL / MoCo v3.
 BLUR_SIGMA = (0.1, 2.0)
 SOLARIZE_THRESHOLD = 128
+# Multi-crop local views (SwAV's ImageNet setting, which the paper's appendix follows): 6 crops of 96 px
+# covering 5% to 14% of the image; DINO/SwAV blur a local view with p=0.5 and never solarize it.
+LOCAL_CROPS = 6
+LOCAL_SIZE = 96
+LOCAL_SCALE = (0.05, 0.14)
+LOCAL_BLUR_P = 0.5
 
 
 class TwoViewTransform:
@@ -56,6 +66,38 @@ class TwoViewTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(\nview1={self.view1!r},\nview2={self.view2!r})"
+
+
+class MultiCropTransform(TwoViewTransform):
+    """Two global views (`view1`, `view2`, as a `TwoViewTransform`) then `local_crops` local views of one image.
+
+    `__call__` returns the tuple (view1, view2, local_1, ..., local_N): global views first, as DINO and SwAV
+    order their crops, so that a batch's first two entries are what the two-view recipe gives. Each local
+    view is an independent draw of the one `local_view` pipeline. A plain class, so it pickles for workers.
+    """
+
+    def __init__(
+        self, view1: Callable[[Any], Any], view2: Callable[[Any], Any], local_view: Callable[[Any], Any],
+        local_crops: int,
+    ) -> None:
+        super().__init__(view1, view2)
+        if not callable(local_view):
+            raise TypeError(f"MultiCropTransform needs a callable local_view, got {type(local_view).__name__}")
+        if isinstance(local_crops, bool) or not isinstance(local_crops, int) or local_crops < 1:
+            raise ValueError(f"local_crops must be an int >= 1, got {local_crops!r}")
+        self.local_view = local_view
+        self.local_crops = local_crops
+
+    def local_views(self, image: Any) -> list[Any]:
+        """The `local_crops` local views of `image` (`mec.data.SourcePairs` calls it on view 1's file)."""
+        return [self.local_view(image) for _ in range(self.local_crops)]
+
+    def __call__(self, image: Any) -> tuple[Any, ...]:
+        return (self.view1(image), self.view2(image), *self.local_views(image))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(\nview1={self.view1!r},\nview2={self.view2!r},\n"
+                f"local_crops={self.local_crops},\nlocal_view={self.local_view!r})")
 
 
 def _check_size(size: int) -> None:
@@ -81,10 +123,12 @@ def blur_kernel_size(size: int) -> int:
     return kernel if kernel % 2 == 1 else kernel + 1
 
 
-def _moco_v3_view(size: int, *, blur_p: float, solarize_p: float) -> T.Compose:
+def _moco_v3_view(
+    size: int, *, blur_p: float, solarize_p: float, crop_scale: tuple[float, float] = (0.2, 1.0)
+) -> T.Compose:
     return T.Compose(
         [
-            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
+            T.RandomResizedCrop(size, scale=crop_scale),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
             T.RandomApply([T.GaussianBlur(blur_kernel_size(size), sigma=BLUR_SIGMA)], p=blur_p),
@@ -204,6 +248,78 @@ def build_two_view(name: str, size: int, **overrides: Any) -> TwoViewTransform:
     if name not in builders:
         raise ValueError(f"unknown augmentation recipe {name!r}; expected one of {list(TWO_VIEW_RECIPES)}")
     return builders[name](size, **overrides)
+
+
+def _check_local_crops(local_crops: int) -> None:
+    if isinstance(local_crops, bool) or not isinstance(local_crops, int) or local_crops < 0:
+        raise ValueError(f"local_crops must be an int >= 0, got {local_crops!r}")
+
+
+def local_view(
+    name: str, local_size: int = LOCAL_SIZE, local_scale: Sequence[float] = LOCAL_SCALE, **overrides: Any
+) -> T.Compose:
+    """The local-view pipeline of recipe `name`: its own augmentations on a small crop.
+
+    "imagenet": the MoCo v3 view at `local_size` with RandomResizedCrop scale `local_scale`, Gaussian blur
+    with p=0.5 (its kernel about a tenth of the local side: 9 px at 96) and no solarize (p=0, kept as a step
+    like the two-view recipe's view 1), as DINO's and SwAV's local crops are.
+    "cifar" / "digits": the recipe's (symmetric) view at `local_size` with crop scale `local_scale`; the CIFAR
+    recipe has no blur (appendix B) and the digits recipe none either, so local views add none. `overrides`
+    are the recipe's keyword arguments as for the global views, except `crop_scale`, which `local_scale`
+    replaces for the local views.
+    """
+    _check_size(local_size)
+    low, high = _check_crop_scale(local_scale)
+    if name == "imagenet":
+        if overrides:
+            raise TypeError(f"the imagenet recipe is fixed by the released code and takes no options, got "
+                            f"{sorted(overrides)}")
+        return _moco_v3_view(local_size, blur_p=LOCAL_BLUR_P, solarize_p=0.0, crop_scale=(low, high))
+    return build_two_view(name, local_size, **(overrides | {"crop_scale": (low, high)})).view1
+
+
+def multi_crop(
+    name: str,
+    size: int,
+    *,
+    local_crops: int = LOCAL_CROPS,
+    local_size: int = LOCAL_SIZE,
+    local_scale: Sequence[float] = LOCAL_SCALE,
+    **overrides: Any,
+) -> MultiCropTransform:
+    """Recipe `name`'s two global views at `size` (exactly `build_two_view`'s, asymmetry included) plus
+    `local_crops` local views (`local_view`) of `local_size` pixels, `local_size` < `size`.
+
+    The global views keep the recipe's own crop scale (the released ImageNet recipe's (0.2, 1)).
+    """
+    _check_local_crops(local_crops)
+    if local_crops == 0:
+        raise ValueError("local_crops must be >= 1 for a multi-crop transform; 0 is the two-view recipe")
+    _check_size(size)
+    _check_size(local_size)
+    if local_size >= size:
+        raise ValueError(f"local_size ({local_size}) must be smaller than the global views' size ({size})")
+    two_view = build_two_view(name, size, **overrides)
+    local = local_view(name, local_size, local_scale, **overrides)
+    return MultiCropTransform(two_view.view1, two_view.view2, local, local_crops)
+
+
+def build_pretrain_views(
+    name: str,
+    size: int,
+    *,
+    local_crops: int = 0,
+    local_size: int = LOCAL_SIZE,
+    local_scale: Sequence[float] = LOCAL_SCALE,
+    **overrides: Any,
+) -> TwoViewTransform:
+    """The pretraining transform: `build_two_view(name, size, **overrides)` when `local_crops` is 0 (the
+    two-view recipe exactly, same draws), else `multi_crop(...)` with `local_crops` local views."""
+    _check_local_crops(local_crops)
+    if local_crops == 0:
+        return build_two_view(name, size, **overrides)
+    return multi_crop(name, size, local_crops=local_crops, local_size=local_size, local_scale=local_scale,
+                      **overrides)
 
 
 def _check_eval_kind(kind: str) -> None:

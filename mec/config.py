@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -40,6 +40,26 @@ class DigitsRender(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class MultiCropConfig(_Section):
+    """Multi-crop: additional smaller crops as local views (paper appendix, "Pre-training with additional
+    strategies": six 96 x 96 views following SwAV, Table 7's MEC with multi-crop). The two global views stay
+    the recipe's; 0 local crops is the two-view recipe, unchanged. See `mec.augment.multi_crop` and
+    `mec.loss.multi_crop_pairs` (which pairs the loss compares)."""
+
+    local_crops: int = Field(0, ge=0)
+    local_size: int = Field(96, ge=4)  # pixels; must be below data.image_size
+    local_scale: tuple[float, float] = (0.05, 0.14)  # RandomResizedCrop area fraction (SwAV's)
+
+    @field_validator("local_scale", mode="before")
+    @classmethod
+    def _scale_is_a_range(cls, value: Any) -> Any:
+        pair = list(value) if isinstance(value, (list, tuple)) else None
+        if (pair is None or len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in pair) or not 0.0 < pair[0] <= pair[1] <= 1.0):
+            raise ValueError("expected [low, high] with 0 < low <= high <= 1 (SwAV: [0.05, 0.14])")
+        return value
+
+
 class DataConfig(_Section):
     name: Literal["digits", "cifar10", "cifar100", "imagefolder", "places365"] = "digits"
     root: str = "data/digits"
@@ -59,6 +79,16 @@ class DataConfig(_Section):
     positives: Literal["same_image", "same_source"] = "same_image"
     # With positives=same_source: the probability that view 2 is another rendering (else the same file as view 1).
     source_pair_p: float = Field(1.0, ge=0, le=1)
+    # Local views besides the two global ones; with positives=same_source they are crops of view 1's file.
+    multi_crop: MultiCropConfig = MultiCropConfig()
+
+    @model_validator(mode="after")
+    def _local_views_are_smaller(self) -> DataConfig:
+        mc = self.multi_crop
+        if mc.local_crops and mc.local_size >= self.image_size:
+            raise ValueError(f"data.multi_crop.local_size={mc.local_size} must be smaller than data.image_size="
+                             f"{self.image_size} (local views are the smaller crops)")
+        return self
 
     def digits_params(self) -> dict[str, Any]:
         """Keyword arguments of `mec.digits.write_digit_folders` for this data set."""

@@ -1,7 +1,8 @@
 """Data sets and loaders for pretraining and evaluation.
 
 Every data set yields `(transform(image), label)` with a PIL RGB image as the transform's input, so a
-`TwoViewTransform` gives `((view1, view2), label)` and an evaluation transform gives `(tensor, label)`.
+`TwoViewTransform` gives `((view1, view2), label)`, a `MultiCropTransform` `((view1, view2, *local_views), label)`
+and an evaluation transform gives `(tensor, label)`.
 
 Supported names and on-disk layouts (`root` is the data root of the config):
 - "digits": `mec.digits` renders the bundled UCI digits into `root/{train,val}/<class>/` on first use.
@@ -125,9 +126,10 @@ class SourcePairs(Dataset):
 
     The files of a source are named `<source>_<variant>.<ext>` (any class folder; `<source>` is the stem up to
     its last underscore). Item `i` picks two distinct variants of the i-th source and returns
-    `((view1(a), view2(b)), label)` for a `TwoViewTransform`, so the pair differs by everything the renderer
-    varied (colours, texture, position, scale, rotation) as well as by the augmentations. The variants are drawn
-    from torch's RNG, which `build_loader` seeds per worker and epoch, so a resumed run draws the same pairs.
+    `((view1(a), view2(b)), label)` for a `TwoViewTransform` (`((view1(a), view2(b), *local_views(a)), label)`
+    for a `MultiCropTransform`), so the pair differs by everything the renderer varied (colours, texture,
+    position, scale, rotation) as well as by the augmentations. The variants are drawn from torch's RNG, which
+    `build_loader` seeds per worker and epoch, so a resumed run draws the same pairs.
 
     With probability `1 - pair_p` both views come from the same file instead (SSL's usual pair): two crops
     of one rendering agree on many features even through a random network, which gives the objective aligned
@@ -175,9 +177,13 @@ class SourcePairs(Dataset):
         if float(torch.rand(())) < self.pair_p:
             # A second variant different from the first, uniformly among the others.
             second = (first + 1 + int(torch.randint(len(paths) - 1, ()))) % len(paths)
-        view1 = self.two_view.view1(self.loader(paths[first]))
+        image = self.loader(paths[first])
+        view1 = self.two_view.view1(image)
         view2 = self.two_view.view2(self.loader(paths[second]))
-        return (view1, view2), label
+        # A MultiCropTransform's local views are crops of view 1's file: each is then compared with one global
+        # view of its own rendering and one of the other (mec.loss.multi_crop_pairs).
+        local_views = getattr(self.two_view, "local_views", None)
+        return (view1, view2, *(local_views(image) if local_views else ())), label
 
 
 def _build_dataset(

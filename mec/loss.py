@@ -16,6 +16,10 @@ up from 8x smaller (`lambda_scale`).
 
 Low orders recover known objectives (appendix E): order 1 is the SimSiam/BYOL cosine loss scaled by mu * lam
 (`simsiam_form`, Eq. 23); order 2 feature-wise is the Barlow-Twins-like Eq. 25 (`barlow_twins_form`).
+
+Multi-crop (appendix, "Pre-training with additional strategies"; Table 7's MEC with multi-crop) compares more
+view pairs with the same coding length: `multi_crop_pairs` says which, `MaximumEntropyCodingLoss.multi_crop`
+takes the lists of target and student embeddings.
 """
 
 from __future__ import annotations
@@ -211,6 +215,47 @@ def check_finite(loss: Tensor, context: str) -> None:
         raise FloatingPointError(f"MEC loss is not finite (value {loss.detach().flatten()[0].item()}): {context}")
 
 
+def multi_crop_pairs(
+    targets: Sequence[Tensor], students: Sequence[Tensor], symmetric: bool = False
+) -> list[tuple[Tensor, Tensor]]:
+    """The (target, student) pairs of multi-crop MEC: each student view against every target view but its own.
+
+    `targets` are the embeddings of the global views only (the EMA teacher's, or the stop-gradient targets);
+    `students` are those of every view, the global ones first in the same order, then the local ones
+    (`students[i]` and `targets[i]` are views of one crop for i < len(targets)). This is SwAV's and DINO's
+    multi-crop rule: the target sees only the global views, and each student view is compared with every
+    target global view except its own crop. Returned target-major:
+
+        [(targets[i], students[j]) for i in range(G) for j in range(V) if j != i]      G*(V-1) pairs
+
+    With two global views and no local ones that is [(z1, p2), (z2, p1)], exactly the released code's
+    symmetrised pairs (reference.md §1); with N local views there are 2 + 2N. The loss is the MEAN of the pairs'
+    coding lengths (`MaximumEntropyCodingLoss.forward`), the released code's 0.5 * (f(p1, z2) + f(p2, z1))
+    generalised, so the two-view loss is reproduced exactly and the loss scale (and the lr tuned for it) does
+    not grow with the number of crops; it is the pairs' summed coding length divided by their number, as
+    DINO divides its summed cross-entropies by the number of terms.
+
+    symmetric: Algorithm 1's symmetric net, where targets and students are the same embeddings (all with
+    gradient). The global pair appears in both orders, (g1, g2) and (g2, g1), whose coding lengths are equal
+    (det(I + lam A B^T) = det(I + lam B A^T), and every Tr(C^k) of the series is transpose-invariant); both are
+    written (g1, g2) so that the loss computes it once (it caches identical pairs) and the two-view symmetric
+    loss is its single pair (z1, z2) exactly.
+    """
+    if len(targets) == 0 or len(students) < len(targets):
+        raise ValueError(f"got {len(targets)} target and {len(students)} student embeddings; expected at least "
+                         "one target (global) view and a student embedding for each of them, then the local ones")
+    pairs = []
+    for i in range(len(targets)):
+        for j in range(len(students)):
+            if j == i:
+                continue
+            if symmetric and j < len(targets):  # a global pair: written (lower index, higher index)
+                pairs.append((targets[min(i, j)], students[max(i, j)]))
+            else:
+                pairs.append((targets[i], students[j]))
+    return pairs
+
+
 @dataclass(frozen=True)
 class CodingLengthOutput:
     """What one MEC loss evaluation returns.
@@ -223,6 +268,7 @@ class CodingLengthOutput:
         mu: (m + d) / 2.
         m: global batch size (rows after gathering).
         d: embedding dimension.
+        pairs: how many (a, b) pairs the mean ran over.
     """
 
     loss: Tensor
@@ -231,6 +277,7 @@ class CodingLengthOutput:
     mu: float
     m: int
     d: int
+    pairs: int = 1
 
 
 class MaximumEntropyCodingLoss(nn.Module):
@@ -313,8 +360,20 @@ class MaximumEntropyCodingLoss(nn.Module):
         x = F.normalize(x, dim=1)
         return gather_with_grad(x) if self.gather_distributed else x
 
+    def multi_crop(
+        self, targets: Sequence[Tensor], students: Sequence[Tensor], lambda_scale: float = 1.0,
+        symmetric: bool = False,
+    ) -> CodingLengthOutput:
+        """MEC loss over the multi-crop pairs of `multi_crop_pairs(targets, students, symmetric)`: the mean of
+        their coding lengths. Two targets and two students give the two-view loss exactly."""
+        return self(multi_crop_pairs(targets, students, symmetric), lambda_scale=lambda_scale)
+
     def forward(self, pairs: Sequence[tuple[Tensor, Tensor]], lambda_scale: float = 1.0) -> CodingLengthOutput:
-        """MEC loss of `pairs` (each (a, b) of [m_local, d] embeddings), lambda divided by `lambda_scale`."""
+        """MEC loss of `pairs` (each (a, b) of [m_local, d] embeddings), lambda divided by `lambda_scale`.
+
+        A tensor that appears in several pairs (a multi-crop target) is normalised and gathered once, and a
+        pair that appears twice (the same two tensors) has its coding length computed once.
+        """
         _check_positive("lambda_scale", lambda_scale)
         if len(pairs) == 0:
             raise ValueError("pairs is empty; expected at least one (a, b) pair of [m, d] embeddings")
@@ -326,11 +385,19 @@ class MaximumEntropyCodingLoss(nn.Module):
                     "expected [m, d] tensors of one shape"
                 )
         with torch.autocast(device_type=pairs[0][0].device.type, enabled=False):
-            prepared = [(self._prepare(a), self._prepare(b)) for a, b in pairs]
-            m, d = prepared[0][0].shape
+            prepared: dict[int, Tensor] = {}  # by id(): the pairs keep every tensor alive meanwhile
+            for x in (x for pair in pairs for x in pair):
+                if id(x) not in prepared:
+                    prepared[id(x)] = self._prepare(x)
+            m, d = prepared[id(pairs[0][0])].shape
             lam = distortion_lambda(self.eps, m, d) / lambda_scale
             mu = (m + d) / 2
-            f = torch.stack([coding_length_series(a, b, lam, self.order, self.side) for a, b in prepared]).mean()
+            lengths: dict[tuple[int, int], Tensor] = {}
+            for a, b in pairs:
+                if (id(a), id(b)) not in lengths:
+                    lengths[id(a), id(b)] = coding_length_series(
+                        prepared[id(a)], prepared[id(b)], lam, self.order, self.side)
+            f = torch.stack([lengths[id(a), id(b)] for a, b in pairs]).mean()
             loss = -mu * f if self.parametrisation == "paper" else -f / (lam * m)
         check_finite(
             loss,
@@ -338,4 +405,5 @@ class MaximumEntropyCodingLoss(nn.Module):
             f"m={m}, d={d}, order={self.order}. Use a larger eps, a longer lambda warm-up, a lower learning rate "
             "or order=None (exact log-determinant)",
         )
-        return CodingLengthOutput(loss=loss, coding_length=(mu * f).detach(), lam=lam, mu=mu, m=m, d=d)
+        return CodingLengthOutput(loss=loss, coding_length=(mu * f).detach(), lam=lam, mu=mu, m=m, d=d,
+                                  pairs=len(pairs))

@@ -2,6 +2,9 @@
 
 The recipe is the released code's (reference.md): two asymmetric views, student predictor against EMA
 teacher, symmetrised coding-length loss on the global batch, per-iteration lr / lambda / momentum schedules.
+With ``data.multi_crop.local_crops`` > 0, smaller local views join the two global ones (the appendix's
+multi-crop, Table 7): `MultiCropForward` embeds them, `mec.loss.multi_crop_pairs` says which pairs the loss
+compares.
 Every epoch ends with an atomic checkpoint; a restarted run resumes from the newest valid one and keeps
 logging into the same MLflow run.
 
@@ -13,6 +16,7 @@ builds data, model, loss and optimiser and resumes them; `train_one_epoch` / `tr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import sys
@@ -28,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from mec import checkpoint as ckpt
 from mec import distributed as dist_env
-from mec.augment import build_two_view, eval_transform
+from mec.augment import build_pretrain_views, eval_transform
 from mec.config import Config, ConfigError
 from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
 from mec.loss import (
@@ -79,6 +83,36 @@ def build_model(cfg: Config) -> MECModel:
     projector = make_projector(backbone.feature_dim, hidden=m.projector_hidden, out=m.embedding_dim)
     head = predictor(m.embedding_dim, hidden=m.predictor_hidden) if m.architecture == "asymmetric" else None
     return MECModel(backbone, projector, head, use_teacher=m.use_teacher)
+
+
+class MultiCropForward(torch.nn.Module):
+    """Student embeddings of every view and target embeddings of the global views: what the loss compares.
+
+    DINO's MultiCropWrapper for a `MECModel`. The two global views go through the model's own two-view
+    forward, each view its own pass (BN normalises each global view with its own batch statistics, as the
+    released code does), so with no local views this is the two-view step exactly. Local views are
+    concatenated per resolution, one student pass (backbone, projector, predictor) per resolution, so BN
+    normalises over all local crops of a resolution, as DINO's wrapper does. The target (EMA teacher, or the
+    stop-gradient projector output) sees only the global views. DDP wraps this module, so one forward covers
+    every crop before the one backward. Returns (students, targets): [p1, p2, local_1, ...], [z1, z2].
+    """
+
+    def __init__(self, model: MECModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor,
+                *local_views: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        p1, p2, z1, z2 = self.model(view1, view2)
+        students = [p1, p2]
+        for _, same_size in itertools.groupby(local_views, key=lambda view: tuple(view.shape[-2:])):
+            group = list(same_size)
+            students.extend(self._student(torch.cat(group)).chunk(len(group)))
+        return students, [z1, z2]
+
+    def _student(self, images: torch.Tensor) -> torch.Tensor:
+        embedding = self.model.projector(self.model.backbone(images))
+        return embedding if self.model.predictor is None else self.model.predictor(embedding)
 
 
 def check_convergence(cfg: Config) -> float:
@@ -165,7 +199,7 @@ class Pretraining:
     proc: JobProcess
     loader: DataLoader
     model: MECModel
-    train_model: torch.nn.Module  # the model, wrapped in DistributedDataParallel under DDP
+    train_model: torch.nn.Module  # MultiCropForward(model), wrapped in DistributedDataParallel under DDP
     loss_fn: MaximumEntropyCodingLoss
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
@@ -177,6 +211,11 @@ class Pretraining:
     @property
     def total_steps(self) -> int:
         return self.cfg.optim.epochs * self.steps_per_epoch
+
+    @property
+    def crops(self) -> int:
+        """Views per image: the two global ones and the local ones."""
+        return 2 + self.cfg.data.multi_crop.local_crops
 
     @property
     def out_dir(self) -> Path:
@@ -199,9 +238,12 @@ class EpochStats:
 
 
 def build_pretrain_loader(cfg: Config, proc: JobProcess) -> DataLoader:
-    two_view = build_two_view(cfg.data.augment, cfg.data.image_size, **cfg.data.augment_options)
+    crops = cfg.data.multi_crop
+    views = build_pretrain_views(cfg.data.augment, cfg.data.image_size, local_crops=crops.local_crops,
+                                 local_size=crops.local_size, local_scale=crops.local_scale,
+                                 **cfg.data.augment_options)
     dataset = build_pretrain_dataset(
-        cfg.data.name, cfg.data.root, two_view, download=cfg.data.download, digits_params=cfg.data.digits_params(),
+        cfg.data.name, cfg.data.root, views, download=cfg.data.download, digits_params=cfg.data.digits_params(),
         positives=cfg.data.positives, source_pair_p=cfg.data.source_pair_p,
         verify_checksums=cfg.data.verify_checksums,
     )
@@ -235,7 +277,10 @@ def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -
         eps=cfg.loss.eps, order=cfg.loss.order, side=cfg.loss.side, parametrisation=cfg.loss.parametrisation
     )
     optimizer = build_optimizer(model, cfg.optim, cfg.lr)
-    job = Pretraining(cfg, proc, loader, model, model, loss_fn, optimizer, len(loader), run_id=given_run_id)
+    job = Pretraining(cfg, proc, loader, model, MultiCropForward(model), loss_fn, optimizer, len(loader),
+                      run_id=given_run_id)
+    log.info("%d crops per image: 2 global views of %d px and %d local views of %d px", job.crops,
+             cfg.data.image_size, job.crops - 2, cfg.data.multi_crop.local_size)
     resumed = resume_latest(job.ckpt_dir, model=model, optimizer=optimizer)
     if resumed is not None:
         path, state = resumed
@@ -249,7 +294,7 @@ def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -
         log.info("resuming from %s (epoch %d done, step %d)", path, job.start_epoch, job.step)
     if proc.distributed:
         job.train_model = DistributedDataParallel(
-            model, device_ids=[proc.device.index] if job.cuda_extras else None)
+            job.train_model, device_ids=[proc.device.index] if job.cuda_extras else None)
     return job
 
 
@@ -265,7 +310,8 @@ def open_pretrain_logger(job: Pretraining, config_file: Path | None) -> RunLogge
         tags={"mec.stage": "pretrain", "mec.config_name": cfg.name},
     )
     logger.try_("log params", logger.log_params,
-                cfg.flat() | {"derived.lr": cfg.lr, "derived.steps_per_epoch": job.steps_per_epoch})
+                cfg.flat() | {"derived.lr": cfg.lr, "derived.steps_per_epoch": job.steps_per_epoch,
+                              "derived.crops": job.crops, "derived.loss_pairs": 2 * (job.crops - 1)})
     logger.try_("set tags", logger.set_tags, environment_tags(job.proc.world, str(job.proc.device))
                 | {"mec.output_dir": str(job.out_dir.resolve())})
     if not job.resumed:
@@ -286,8 +332,8 @@ def train_one_epoch(job: Pretraining, epoch: int, logger: RunLogger | None) -> E
     loader.sampler.set_epoch(epoch)
     job.model.train()
     stats = EpochStats()
-    for (view1, view2), _ in _progress(loader, job.steps_per_epoch, f"epoch {epoch + 1}", job.proc.main):
-        metrics = train_step(job, epoch, view1, view2)
+    for views, _ in _progress(loader, job.steps_per_epoch, f"epoch {epoch + 1}", job.proc.main):
+        metrics = train_step(job, epoch, *views)
         stats.loss += metrics["train/loss"]
         stats.coding_length += metrics["train/coding_length"]
         if logger is not None and (job.step % cfg.train.log_every == 0 or job.step == 1):
@@ -298,25 +344,27 @@ def train_one_epoch(job: Pretraining, epoch: int, logger: RunLogger | None) -> E
     return stats
 
 
-def train_step(job: Pretraining, epoch: int, view1: torch.Tensor, view2: torch.Tensor) -> dict[str, float]:
-    """One optimiser step on one batch of view pairs; returns the step's metrics (``job.step`` advances)."""
+def train_step(job: Pretraining, epoch: int, *views: torch.Tensor) -> dict[str, float]:
+    """One optimiser step on one batch: the two global views, then any local views (multi-crop), each a
+    [batch, 3, H, W] tensor; returns the step's metrics (``job.step`` advances)."""
     cfg, model = job.cfg, job.model
-    view1, view2 = (v.to(job.proc.device, non_blocking=True) for v in (view1, view2))
+    views = tuple(v.to(job.proc.device, non_blocking=True) for v in views)
     if job.cuda_extras and cfg.train.channels_last:
-        view1, view2 = (v.contiguous(memory_format=torch.channels_last) for v in (view1, view2))
+        views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
     lr = warmup_cosine(job.step, job.total_steps, round(cfg.optim.warmup_epochs * job.steps_per_epoch), cfg.lr)
     for group in job.optimizer.param_groups:
         group["lr"] = lr
     scale = lambda_warmup_scale(job.step, round(cfg.loss.lambda_warmup_epochs * job.steps_per_epoch),
                                 cfg.loss.lambda_warmup_factor)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=job.cuda_extras and cfg.train.amp):
-        p1, p2, z1, z2 = job.train_model(view1, view2)
-    # Released pairing: teacher view 1 with student view 2, and the reverse; the symmetric net has one pair
-    # (Algorithm 1). The loss leaves autocast and evaluates the series in float32 (bf16 powers of C lose the
-    # higher terms).
-    pairs = [(z1, z2)] if model.symmetric else [(z1, p2), (z2, p1)]
+        students, targets = job.train_model(*views)
+    # Released pairing: teacher view 1 with student view 2, and the reverse; each local view against both
+    # teacher global views; the mean over these pairs (`multi_crop_pairs`). The symmetric net's two global
+    # pairs are one (Algorithm 1). The loss leaves autocast and evaluates the series in float32 (bf16 powers
+    # of C lose the higher terms).
+    z1, p2 = targets[0], students[1]  # the first pair, for the rank and ||C||_2 estimates
     try:
-        out = job.loss_fn(pairs, lambda_scale=scale)
+        out = job.loss_fn.multi_crop(targets, students, lambda_scale=scale, symmetric=model.symmetric)
     except FloatingPointError as exc:
         raise FloatingPointError(f"step {job.step} (epoch {epoch + 1}): {exc}") from None
     metrics = {"train/loss": out.loss.item(), "train/coding_length": float(out.coding_length), "train/lr": lr,

@@ -272,6 +272,7 @@ def test_every_shipped_config_trains_a_few_steps(tmp_path, image_folder, paired_
     folder = paired_image_folder if cfg.data.positives == "same_source" else image_folder
     tree["data"] |= {"name": "imagefolder", "root": str(folder), "num_workers": 0,
                      "image_size": 32 if cfg.data.augment == "imagenet" else 16}
+    tree["data"]["multi_crop"] |= {"local_size": tree["data"]["image_size"] // 2}  # local views stay smaller
     tree["optim"] |= {"batch_size": 8, "epochs": 1, "warmup_epochs": 0}
     tree["loss"] |= {"lambda_warmup_epochs": 0}
     tree["monitor"] = {"enabled": False}

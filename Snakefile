@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from snakemake.utils import min_version, validate
 
-from workflow.experiment import build_experiment
+from workflow.experiment import build_experiment, check_data_roots
+from workflow.plan import print_plan_on_dry_run
 
 min_version("9.0")
 
@@ -21,6 +22,8 @@ if "experiment" not in config:
 validate(config, "workflow/schemas/experiment.schema.yaml")
 
 EXPERIMENT = build_experiment(config)
+check_data_roots(EXPERIMENT)  # a missing data folder stops here, naming the key, not hours later in a job
+print_plan_on_dry_run(EXPERIMENT)  # snakemake -n: the jobs with their GPUs and GPU hours
 OUT = str(EXPERIMENT.output)
 
 include: "workflow/rules/common.smk"

@@ -30,6 +30,11 @@ FEATURE_SPLITS: dict[str, tuple[str, ...]] = {
 DETECTION_SCENE_RECIPES: dict[str, str] = {"digits_voc": "voc", "digits_coco": "coco"}
 
 
+# The data sets of the transfer protocols (paper Table 8, `evals.transfer.DATASETS` reads each), in its order.
+TRANSFER_DATASETS = ("Food101", "CIFAR10", "CIFAR100", "SUN397", "Cars", "Aircraft", "VOC2007", "DTD", "Pets",
+                     "Caltech101", "Flowers")
+
+
 @dataclass(frozen=True)
 class TrackingTask:
     """One row of paper Table 4 (`evals.tracking`): its benchmark, where an experiment config names that

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_MODEL = {
     "arch": "resnet18", "width": 4, "cifar_stem": True, "projector": "released",
@@ -51,3 +56,42 @@ def write_tiny_mec_config(tmp_path: Path, *, epochs: int = 2, per_class: int = 1
         "train": {"log_every": 1, "deterministic": deterministic},
     }))
     return path
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"MLFLOW_TRACKING_URI": ""}
+    env.pop("MLFLOW_TRACKING_URI")
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+         *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+    )
+
+
+def planned_jobs(dry_run_output: str) -> list[dict[str, str]]:
+    """The jobs of a dry run: rule name and its ``input:``/``output:``/``wildcards:`` lines."""
+    jobs: list[dict[str, str]] = []
+    for line in dry_run_output.splitlines():
+        if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":"):
+            jobs.append({"rule": line.split()[1].rstrip(":")})
+        elif jobs and line.startswith("    ") and ":" in line:
+            key, value = line.strip().split(":", 1)
+            jobs[-1].setdefault(key, value.strip())
+    return jobs
+
+
+def job_wildcards(job: dict[str, str]) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in job.get("wildcards", "").split(", ") if "=" in part)
+
+
+def campaign_data(workdir: Path, campaign: Path) -> None:
+    """Empty stand-ins at every data path the campaign reads (relative paths are the workflow directory's): what a
+    dry run checks exists. Paths with a suffix (SimCLR's split lists) become empty files, the others folders."""
+    from workflow.experiment import build_experiment
+
+    for path in build_experiment(yaml.safe_load(campaign.read_text()), workdir).data_roots().values():
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)

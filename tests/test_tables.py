@@ -376,3 +376,27 @@ def test_tsne_panels_are_drawn_from_the_embeddings_in_the_store(tmp_path):
     assert list(figures) == ["figure:tsne"] and figures["figure:tsne"] == tmp_path / "figures" / "tsne.png"
     with Image.open(figures["figure:tsne"]) as image:
         assert image.size == (2 * 5 * 120, 5 * 120)  # two panels side by side
+
+
+def test_a_miniature_run_fills_the_cell_it_stands_for_and_is_marked(tmp_path):
+    """A campaign's miniature (workflow/miniature.py) logs what each run stands for (`mec.nominal`): the tables
+    read the run as that (a digits run standing for 800 ImageNet epochs fills Table 1's 800 row) and mark it."""
+    import json
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.create_experiment("mec-table1-miniature")
+    nominal = {"data.name": "imagefolder", "data.augment": "imagenet", "optim.epochs": 800}
+    pre = _run(client, exp_id, "pretrain", {"data.name": "digits", "data.augment": "digits", "optim.epochs": 6},
+               {"mec.run": "mec800_s0", "mec.scale": "miniature", "mec.nominal": json.dumps(nominal)})
+    _run(client, exp_id, "evaluate", {"eval.split": "/r/splits/digits-1.txt"},
+         {"mec.protocol": "finetune", "mec.evaluation": "finetune_1pct", "mec.scale": "miniature",
+          "mec.nominal": json.dumps({"split": "/datasets/simclr/1percent.txt"})},
+         {"finetune/top1_last": 0.41, "finetune/top5_last": 0.9}, parent=pre)
+    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear",
+                                          "mec.scale": "miniature", "mec.nominal": "{}"},
+         {"linear/top1_best": 0.6}, parent=pre)
+    write_tables(experiment_runs("mec-table1-miniature", client.tracking_uri), tmp_path / "tables")
+    t1 = pd.read_csv(tmp_path / "tables" / "table1_linear_by_epochs.csv", keep_default_na=False)
+    assert _row(t1, "800", "top1")["ours"] == "60.0 (miniature)" and _row(t1, "100", "top1")["ours"] == "n/a"
+    t2 = pd.read_csv(tmp_path / "tables" / "table2_semi_supervised.csv", keep_default_na=False)
+    assert _row(t2, "1%", "top1")["ours"] == "41.0 (miniature)"

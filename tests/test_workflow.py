@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_tiny_mec_config
+from conftest import campaign_data, job_wildcards, planned_jobs, run_snakemake, write_tiny_mec_config
 from mlflow.tracking import MlflowClient
 
 from evals import TRACKING_TASKS
@@ -56,31 +55,21 @@ def test_bad_experiment_configs_name_the_key(tree, message):
         build_experiment(tree)
 
 
-def _snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = os.environ | {"MLFLOW_TRACKING_URI": ""}
-    env.pop("MLFLOW_TRACKING_URI")
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-         *args],
-        capture_output=True, text=True, timeout=timeout, env=env, check=False,
-    )
-
-
 def test_schema_rejects_an_unknown_key_before_anything_runs(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"experiment": "e", "pretrain": {"a": {"config": "digits"}}, "sedds": [1]}))
-    proc = _snakemake(tmp_path, "-n", "--configfile", str(config))
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(config))
     assert proc.returncode != 0
     assert "sedds" in proc.stdout + proc.stderr
 
 
 def test_local_jobs_take_their_cores_and_slurm_jobs_do_not(tmp_path):
     """`--cores 2` on a laptop runs one 2-CPU job at a time; under SLURM a rule only waits on its job."""
-    local = _snakemake(tmp_path, "-n", "--cores", "2")
+    local = run_snakemake(tmp_path, "-n", "--cores", "2")
     assert local.returncode == 0, local.stderr[-3000:]
     threads = [line.split()[1] for line in local.stdout.splitlines() if line.strip().startswith("threads:")]
     assert threads and set(threads) == {"2"}
-    cluster = _snakemake(tmp_path, "-n", "--cores", "64", "--config", "launcher=slurm")
+    cluster = run_snakemake(tmp_path, "-n", "--cores", "64", "--config", "launcher=slurm")
     assert cluster.returncode == 0, cluster.stderr[-3000:]
     assert "threads:" not in cluster.stdout  # Snakemake prints threads only when above 1
 
@@ -115,7 +104,7 @@ def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 @pytest.mark.slow
 def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
     experiment = _tiny_experiment(tmp_path, fail_group_b=True)
-    first = _snakemake(tmp_path, "--cores", "2", "--keep-going", "--configfile", str(experiment))
+    first = run_snakemake(tmp_path, "--cores", "2", "--keep-going", "--configfile", str(experiment))
     assert first.returncode != 0, first.stderr[-3000:]
     results = tmp_path / "results"
     for run in ("a_s0", "a_s1"):  # the two seeds ran side by side against one SQLite store
@@ -134,7 +123,7 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
 
     # The failed branch, and only it (plus the tables), is what is left to do.
     experiment = _tiny_experiment(tmp_path, fail_group_b=False)
-    dry = _snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
+    dry = run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
     assert dry.returncode == 0, dry.stderr[-3000:]
     planned = dry.stdout + dry.stderr
     assert "b_s0" in planned and "run=a_s0" not in planned and "a_s0/pretrain.json\n" not in planned
@@ -142,7 +131,7 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
                   if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert job_counts.get("pretrain") == 1 and job_counts.get("evaluate") == 1 and job_counts.get("tables") == 1
 
-    second = _snakemake(tmp_path, "--cores", "2", "--configfile", str(experiment))
+    second = run_snakemake(tmp_path, "--cores", "2", "--configfile", str(experiment))
     assert second.returncode == 0, second.stderr[-3000:]
     records = {run: json.loads((results / "pretrain" / run / "pretrain.json").read_text())
                for run in ("a_s0", "a_s1", "b_s0")}
@@ -176,7 +165,7 @@ def test_local_dag_runs_end_to_end_and_a_failed_branch_reruns_alone(tmp_path):
     logged = {a.path for a in client.list_artifacts(figures_run.info.run_id, "figures")}
     assert "figures/taylor_error.png" in logged
 
-    again = _snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
+    again = run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(experiment))
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -249,48 +238,32 @@ def test_label_splits_are_written_by_their_own_rule_before_the_evaluations_that_
     experiment.write_text(yaml.safe_dump(tree))
     split = build_experiment(tree, root=tmp_path).split_file("a_s0", 0.25)
     # Both seeds and both protocols read one file, written by one job of its own rule.
-    dry = _snakemake(tmp_path, "-n", "--configfile", str(experiment))
+    dry = run_snakemake(tmp_path, "-n", "--configfile", str(experiment))
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert dry.stdout.count("rule label_split:") == 1 and str(split.name) in dry.stdout
-    made = _snakemake(tmp_path, str(split), "--cores", "1", "--configfile", str(experiment))
+    made = run_snakemake(tmp_path, str(split), "--cores", "1", "--configfile", str(experiment))
     assert made.returncode == 0, made.stderr[-3000:]
     lines = split.read_text().splitlines()
     assert len(lines) == 8 and {line.split("/")[0] for line in lines} == {"bar", "disc"}  # 4 of 16 per class
-    again = _snakemake(tmp_path, str(split), "-n", "--configfile", str(experiment))
+    again = run_snakemake(tmp_path, str(split), "-n", "--configfile", str(experiment))
     assert "Nothing to be done" in again.stdout + again.stderr
-
-
-def _planned(dry_run_output: str) -> list[dict[str, str]]:
-    """The jobs of a dry run: rule name and its ``input:``/``output:``/``wildcards:`` lines."""
-    jobs: list[dict[str, str]] = []
-    for line in dry_run_output.splitlines():
-        if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":"):
-            jobs.append({"rule": line.split()[1].rstrip(":")})
-        elif jobs and line.startswith("    ") and ":" in line:
-            key, value = line.strip().split(":", 1)
-            jobs[-1].setdefault(key, value.strip())
-    return jobs
-
-
-def _wildcards(job: dict[str, str]) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in job.get("wildcards", "").split(", ") if "=" in part)
 
 
 def test_features_are_declared_outputs_of_their_own_rule_that_knn_and_tsne_read(tmp_path):
     """One features job per (run, split) some evaluation reads, none for the runs no feature-reading evaluation
     evaluates; the kNN and t-SNE evaluations take them as input, the others do not."""
-    dry = _snakemake(tmp_path, "-n", "--cores", "2")  # the default experiment
+    dry = run_snakemake(tmp_path, "-n", "--cores", "2")  # the default experiment
     assert dry.returncode == 0, dry.stderr[-3000:]
-    jobs = _planned(dry.stdout)
+    jobs = planned_jobs(dry.stdout)
     features = {(w["run"], w["split"]): job["output"] for job in jobs if job["rule"] == "features"
-                for w in [_wildcards(job)]}
+                for w in [job_wildcards(job)]}
     assert sorted(features) == [("digits_s0", "train"), ("digits_s0", "val"), ("eps_study_eps0.01_s0", "train"),
                                 ("eps_study_eps0.12_s0", "train"), ("random_init_s0", "train"),
                                 ("random_init_s0", "val")]
     assert features[("digits_s0", "val")] == "results/mec-digits/features/digits_s0/val.pt"
     for job in jobs:
         if job["rule"] == "evaluate":
-            w = _wildcards(job)
+            w = job_wildcards(job)
             wanted = {"knn": ("train", "val"), "tsne": ("train",)}.get(w["evaluation"], ())
             read = sorted(path for path in job["input"].split(", ") if "/features/" in path)
             assert read == sorted(features[(w["run"], split)] for split in wanted), job
@@ -303,10 +276,10 @@ def test_features_are_declared_outputs_of_their_own_rule_that_knn_and_tsne_read(
         "evaluate": {"knn": {"runs": ["a"]}, "tsne": {"runs": ["a", "b"]},
                      "linear": {"protocol": "linear_probe", "runs": ["a", "b", "c"]}},
     }))
-    dry = _snakemake(tmp_path, "-n", "--configfile", str(experiment))
+    dry = run_snakemake(tmp_path, "-n", "--configfile", str(experiment))
     assert dry.returncode == 0, dry.stderr[-3000:]
-    planned = sorted((w["run"], w["split"]) for job in _planned(dry.stdout) if job["rule"] == "features"
-                     for w in [_wildcards(job)])
+    planned = sorted((w["run"], w["split"]) for job in planned_jobs(dry.stdout) if job["rule"] == "features"
+                     for w in [job_wildcards(job)])
     assert planned == [("a_s0", "train"), ("a_s0", "val"), ("b_s0", "train")]  # a_s0/train: once, for knn and tsne
 
 
@@ -330,7 +303,7 @@ def test_the_features_rule_extracts_a_runs_features_through_the_launcher(tmp_pat
     exp.pretrain_record("r_s0").write_text(json.dumps({"run_id": "0" * 32, "backbone": str(backbone),
                                                        "config": cfg.model_dump(mode="json")}))
     target = exp.feature_file("r_s0", "train")
-    made = _snakemake(tmp_path, str(target), "--cores", "1", "--configfile", str(experiment))
+    made = run_snakemake(tmp_path, str(target), "--cores", "1", "--configfile", str(experiment))
     assert made.returncode == 0, made.stderr[-3000:]
     assert made.stderr.count("rule ") == 1, made.stderr[-3000:]  # the features job alone
 
@@ -342,7 +315,7 @@ def test_the_features_rule_extracts_a_runs_features_through_the_launcher(tmp_pat
     assert launch["event"] == "submitted" and launch["cluster"] == "local"
     rule_log = (exp.output / "logs" / "features" / "r_s0" / "train.log").read_text()
     assert "submitted local job" in rule_log and "features of run r_s0 on train: [8, " in rule_log
-    again = _snakemake(tmp_path, str(target), "-n", "--configfile", str(experiment))
+    again = run_snakemake(tmp_path, str(target), "-n", "--configfile", str(experiment))
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
@@ -399,10 +372,16 @@ def test_bad_detection_evaluations_name_the_key(evaluation, message):
 
 
 def test_the_table3_campaign_plans_its_pretraining_and_eleven_detection_jobs(tmp_path):
-    dry = _snakemake(tmp_path, "-n", "--configfile", str(REPO / "workflow" / "experiments" / "table3.yaml"))
+    campaign = REPO / "workflow" / "experiments" / "table3.yaml"
+    missing = run_snakemake(tmp_path, "-n", "--configfile", str(campaign))
+    assert missing.returncode != 0
+    assert f"pretrain.mec800 (data.root of imagefolder): no such file or folder {tmp_path / 'datasets' / 'imagenet'}" \
+        in missing.stdout + missing.stderr
+    campaign_data(tmp_path, campaign)
+    dry = run_snakemake(tmp_path, "-n", "--configfile", str(campaign))
     assert dry.returncode == 0, dry.stderr[-3000:]
-    jobs = _planned(dry.stdout)
-    evaluations = sorted(_wildcards(job)["evaluation"] for job in jobs if job["rule"] == "evaluate")
+    jobs = planned_jobs(dry.stdout)
+    evaluations = sorted(job_wildcards(job)["evaluation"] for job in jobs if job["rule"] == "evaluate")
     assert evaluations == sorted(["coco_lr0.02", *(f"voc07_lr0.02_s{s}" for s in range(5)),
                                   *(f"voc0712_lr0.02_s{s}" for s in range(5))])
     assert [job["rule"] for job in jobs].count("pretrain") == 1
@@ -412,10 +391,12 @@ def test_the_table3_campaign_plans_its_pretraining_and_eleven_detection_jobs(tmp
 
 def test_the_table4_campaign_plans_its_pretraining_and_one_tracking_job_per_task(tmp_path):
     campaign = REPO / "workflow" / "experiments" / "table4.yaml"
-    dry = _snakemake(tmp_path, "-n", "--configfile", str(campaign))
+    campaign_data(tmp_path, campaign)
+    dry = run_snakemake(tmp_path, "-n", "--configfile", str(campaign))
     assert dry.returncode == 0, dry.stderr[-3000:]
-    jobs = _planned(dry.stdout)
-    assert sorted(_wildcards(job)["evaluation"] for job in jobs if job["rule"] == "evaluate") == sorted(TRACKING_TASKS)
+    jobs = planned_jobs(dry.stdout)
+    evaluations = sorted(job_wildcards(job)["evaluation"] for job in jobs if job["rule"] == "evaluate")
+    assert evaluations == sorted(TRACKING_TASKS)
     assert [job["rule"] for job in jobs].count("pretrain") == 1
     assert "tracking_videos" not in [job["rule"] for job in jobs]  # every task reads its benchmark folder
     exp = build_experiment(yaml.safe_load(campaign.read_text()), REPO)

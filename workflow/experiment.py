@@ -8,6 +8,7 @@ backbone file exists) and expands the grids into named runs.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Mapping
@@ -15,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals import DETECTION_SCENE_RECIPES, FEATURE_SPLITS, PROTOCOLS, TRACKING_TASKS
+from evals import DETECTION_SCENE_RECIPES, FEATURE_SPLITS, PROTOCOLS, TRACKING_TASKS, TRANSFER_DATASETS
 from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
+# A pretraining run's data (`data.name`) -> the ``datasets`` key of its folder.
+PRETRAIN_DATASETS = {"imagefolder": "imagenet", "places365": "places365", "cifar10": "cifar10", "cifar100": "cifar100"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Experiment:
     runs: dict[str, PretrainRun]
     evaluations: dict[str, Evaluation]
     datasets: dict[str, str] = field(default_factory=dict)  # data set kind -> folder (schema: `datasets`)
+    scale: str = "full"  # or "miniature" (`workflow.miniature`): then what each run stands for:
+    nominal_runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> campaign config values
+    nominal_evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # evaluation -> campaign options
 
     def run(self, name: str) -> PretrainRun:
         if name not in self.runs:
@@ -210,11 +216,28 @@ class Experiment:
             owned.append(f"tracking.tracking_uri={self.tracking_uri}")
         owned += [f"{key}={_as_override_value(value)}" for key, value in extra.items()]
         cfg = load_config(spec.config, spec.override_args() + owned)
-        # Jobs may start in another directory (sbatch, submitit): a relative data root means the workflow's.
-        if not Path(cfg.data.root).is_absolute():
-            root = f"data.root={Path(cfg.data.root).resolve()}"
-            cfg = load_config(spec.config, [*spec.override_args(), *owned, root])
+        # The experiment's folder for the run's data set (datasets.imagenet, ...) unless the run names its own;
+        # jobs may start in another directory (sbatch, submitit): a relative data root means the workflow's.
+        key = PRETRAIN_DATASETS.get(cfg.data.name)
+        root = Path(self.datasets[key]) if key in self.datasets and "data.root" not in spec.overrides \
+            else Path(cfg.data.root)
+        if root.resolve() != Path(cfg.data.root):
+            cfg = load_config(spec.config, [*spec.override_args(), *owned, f"data.root={root.resolve()}"])
         return cfg
+
+    def data_roots(self) -> dict[str, Path]:
+        """Every folder of existing data the experiment reads (what -> path): the pretraining runs' data (not the
+        offline digits, which the runs render, nor a data set the run may download) and the evaluations' roots."""
+        roots: dict[str, Path] = {}
+        for name, run in self.runs.items():
+            data = self.config_for(name).data
+            if run.backbone is None and not run.random_init and data.name != "digits" and not data.download:
+                roots.setdefault(f"pretrain.{run.group} (data.root of {data.name})", Path(data.root))
+        for evaluation in self.evaluations.values():
+            for key in ("root", "split", "unitrack"):
+                if isinstance(evaluation.options.get(key), str):
+                    roots.setdefault(f"evaluate.{evaluation.name}.options.{key}", Path(evaluation.options[key]))
+        return roots
 
 
 def _as_override_value(value: Any) -> str:
@@ -293,6 +316,28 @@ def _detection_options(name: str, options: dict[str, Any], datasets: Mapping[str
     return options | {"root": datasets["detectron2"]}
 
 
+def _transfer_options(name: str, options: dict[str, Any], datasets: Mapping[str, str]) -> dict[str, Any]:
+    """A transfer evaluation's data set checked and its root filled from ``datasets.transfer`` (one folder holding
+    a folder per data set, named as `evals.TRANSFER_DATASETS`)."""
+    dataset = options.get("dataset")
+    if dataset not in TRANSFER_DATASETS:
+        raise ConfigError(f"evaluate.{name}.options.dataset: {dataset!r} is not one of {list(TRANSFER_DATASETS)}")
+    if "root" in options:
+        return options
+    if "transfer" not in datasets:
+        raise ConfigError(f"evaluate.{name}: set datasets.transfer (the folder holding {dataset}/ and the other "
+                          "transfer data sets) or options.root")
+    return options | {"root": str(Path(datasets["transfer"]) / dataset)}
+
+
+def _split_option(options: dict[str, Any], datasets: Mapping[str, str]) -> dict[str, Any]:
+    """A label split named by its file alone (SimCLR's ``1percent.txt``) is read from ``datasets.simclr_splits``."""
+    split = options.get("split")
+    if isinstance(split, str) and "simclr_splits" in datasets and not Path(split).is_absolute():
+        return options | {"split": str(Path(datasets["simclr_splits"]) / split)}
+    return options
+
+
 def _tracking_options(name: str, options: dict[str, Any], datasets: Mapping[str, str]) -> dict[str, Any]:
     """A tracking evaluation's task checked, its data root (``datasets.<key>`` of the task's benchmark unless
     options.root) and UniTrack checkout (``datasets.unitrack``) filled in. Without either root the DAG writes
@@ -352,13 +397,28 @@ def check_schema(tree: Mapping[str, Any]) -> None:
 
 
 def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experiment:
-    """Check an experiment config (as Snakemake loaded it) and expand its runs."""
+    """Check an experiment config (as Snakemake loaded it) and expand its runs; with ``scale: miniature``, the
+    campaign's miniature (`workflow.miniature`), each run knowing the campaign values it stands for."""
+    from workflow import miniature
+
+    check_schema(tree)
+    if miniature.scale_of(tree) == "full":
+        return _build(miniature.full_tree(tree), root)
+    campaign = _build(miniature.full_tree(tree), root, check_files=False)
+    mini = _build(miniature.miniature_tree(tree), root)
+    runs, evaluations = miniature.nominal_values(campaign, mini)
+    return dataclasses.replace(mini, scale="miniature", nominal_runs=runs, nominal_evaluations=evaluations)
+
+
+def _build(tree: Mapping[str, Any], root: Path, check_files: bool = True) -> Experiment:
+    """`build_experiment` of one scale's tree; ``check_files`` False skips what needs the campaign's files (an
+    imported backbone), for a campaign whose miniature is what runs."""
     check_schema(tree)
     name = str(tree["experiment"])
     runs: dict[str, PretrainRun] = {}
     groups: dict[str, list[str]] = {}
     for group, spec in tree["pretrain"].items():
-        if spec.get("backbone") is not None:
+        if spec.get("backbone") is not None and check_files:
             _check_import(group, spec, root)
         for run in _grid_runs(group, spec):
             if run.name in runs:
@@ -385,6 +445,9 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
                 options = _detection_options(eval_name, options, datasets)
             if protocol == "tracking":
                 options = _tracking_options(eval_name, options, datasets)
+            if protocol in ("transfer", "transfer_finetune"):
+                options = _transfer_options(eval_name, options, datasets)
+            options = _split_option(options, datasets)
             evaluations[expanded_name] = Evaluation(
                 name=expanded_name,
                 protocol=protocol,
@@ -402,6 +465,9 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
         evaluations=evaluations,
         datasets=datasets,
     )
+    for spec_name, spec in [*((f"pretrain.{g}", s) for g, s in tree["pretrain"].items()),
+                            *((f"evaluate.{e}", s) for e, s in (tree.get("evaluate") or {}).items())]:
+        _check_resources(spec_name, spec.get("resources") or {}, experiment.launcher)
     for name, run in runs.items():  # every override must name a real key with an allowed value, before any job
         try:
             experiment.config_for(name)
@@ -409,6 +475,18 @@ def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experim
             raise ConfigError(f"pretrain.{run.group} (run {name}): {exc}") from None
     _check_offline_tracking(experiment)
     return experiment
+
+
+def _check_resources(where: str, resources: Mapping[str, Any], launcher: str) -> None:
+    """Resources the launcher can give: several nodes only through SLURM, and one task per GPU (DDP's layout)."""
+    nodes, gpus = int(resources.get("nodes", 1)), int(resources.get("gpus_per_node", 0))
+    if nodes > 1 and launcher != "slurm":
+        raise ConfigError(f"{where}.resources.nodes={nodes}: launcher {launcher!r} runs on one node; several nodes "
+                          "need launcher slurm (--profile slurm)")
+    tasks = resources.get("tasks_per_node")
+    if gpus > 0 and tasks is not None and int(tasks) != gpus:
+        raise ConfigError(f"{where}.resources.tasks_per_node={tasks}: jobs run one task per GPU; with "
+                          f"gpus_per_node={gpus} use tasks_per_node {gpus} (or leave it out)")
 
 
 def _check_import(group: str, spec: Mapping[str, Any], root: Path) -> None:
@@ -419,3 +497,12 @@ def _check_import(group: str, spec: Mapping[str, Any], root: Path) -> None:
     path = Path(spec["backbone"])
     if not (path if path.is_absolute() else root / path).is_file():
         raise ConfigError(f"pretrain.{group}.backbone: no file {path}")
+
+
+def check_data_roots(experiment: Experiment) -> None:
+    """Planning-time check that every data folder the experiment reads exists: the first missing one as one line
+    naming the config key and the path expected, before any job starts."""
+    for what, path in experiment.data_roots().items():
+        if not path.exists():
+            raise ConfigError(f"{what}: no such file or folder {path} (set it in the experiment's datasets block, "
+                              "or run the campaign's miniature: --config scale=miniature)")

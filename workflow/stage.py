@@ -44,6 +44,7 @@ from workflow.launch import (
     slurm_job_info,
     submit,
 )
+from workflow.miniature import nominal_tags
 
 log = logging.getLogger("mec.stage")
 LAUNCHES_FILE = "launches.jsonl"
@@ -216,6 +217,8 @@ def pretrain(experiment_file: str | Path, run: str, output: str | Path, resource
         tags["mec.baseline"] = "imported"
     elif spec_run.random_init:
         tags["mec.baseline"] = "random_init"
+    if experiment.scale == "miniature":
+        tags |= nominal_tags(experiment.nominal_runs.get(run, {}))
     run_id = bookkeeping("start_pretrain_run", tracking_uri=uri, experiment=experiment.name, run=run,
                          run_dir=str(run_dir), tags=tags, config=cfg)
     record: LaunchRecord | None = None

@@ -28,6 +28,7 @@ from mec.tracking import (
     resolve_tracking_uri,
 )
 from workflow.experiment import Experiment, build_experiment
+from workflow.miniature import nominal_tags
 
 log = logging.getLogger(__name__)
 # torch and the evaluation code are imported by the functions that need them: the bookkeeping processes that
@@ -123,6 +124,8 @@ def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: st
     client = store(tracking_uri)
     tags = {"mec.stage": "evaluate", "mec.evaluation": evaluation, "mec.protocol": spec.protocol, "mec.run": run,
             PRETRAIN_RUN_TAG: pre["run_id"], PARENT_RUN_TAG: pre["run_id"]}
+    if experiment.scale == "miniature":
+        tags |= nominal_tags(experiment.nominal_evaluations.get(evaluation, {}))
     run_id = _owned_run(client, ensure_experiment(client, experiment.name), experiment.eval_dir(evaluation, run),
                         f"{evaluation}/{run}", tags)
     options = dict(spec.options)

@@ -13,6 +13,7 @@ multi-crop) still print, with our side n/a, so a campaign shows what is missing.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+
+from evals import TRANSFER_DATASETS
+from workflow.miniature import NOMINAL_TAG, SCALE_TAG
 
 MISSING = "n/a"
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
@@ -33,6 +37,7 @@ class Cell:
     values: list[float] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     conflict: list[str] = field(default_factory=list)  # recipe keys in which the runs differ: nothing to average
+    miniature: bool = False  # some run is a campaign's miniature: tiny budgets on generated data, not the paper's
 
     @property
     def mean(self) -> float:
@@ -47,9 +52,10 @@ class Cell:
             return MISSING
         if self.conflict:
             return "conflict: " + ", ".join(self.conflict)
+        mark = " (miniature)" if self.miniature else ""
         if len(self.values) == 1:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} +- {self.std:.{digits}f}"
+            return f"{self.mean:.{digits}f}{mark}"
+        return f"{self.mean:.{digits}f} +- {self.std:.{digits}f}{mark}"
 
 
 def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
@@ -65,12 +71,27 @@ def evaluation_rows(runs: pd.DataFrame) -> pd.DataFrame:
     ev = latest_evaluations(runs)
     if ev.empty or pre.empty:
         return pd.DataFrame()
+    pre, ev = _as_nominal(pre, "param:"), _as_nominal(ev, "param:eval.")
     params = [c for c in pre.columns if c.startswith("param:")]
     tags = [f"tag:{t}" for t in PRETRAIN_RECIPE_TAGS if f"tag:{t}" in pre]
     parents = pre[["run_id", *params, *tags]].rename(columns={c: "pre:" + c[len("param:"):] for c in params}
                                                      | {c: "pre:" + c for c in tags})
     parents = parents.rename(columns={"run_id": "tag:mec.pretrain_run_id"})
     return ev.merge(parents, on="tag:mec.pretrain_run_id", how="inner")
+
+
+def _as_nominal(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """Runs of a campaign's miniature (`workflow.miniature`) read as what they stand for: each key of their
+    ``mec.nominal`` tag replaces the ``<prefix><key>`` column (the campaign's value, as MLflow logs it: text)."""
+    column = f"tag:{NOMINAL_TAG}"
+    if column not in df or df[column].isna().all():
+        return df
+    df = df.copy()
+    for index, text in df[column].items():
+        if isinstance(text, str) and text:
+            for key, value in json.loads(text).items():
+                df.loc[index, f"{prefix}{key}"] = str(value)
+    return df
 
 
 # What a run's recipe is, for deciding which runs are seeds of one cell. Not recipe: the seeds themselves (the
@@ -123,6 +144,7 @@ def _cell(df: pd.DataFrame, metric: str, scale: float = 100.0) -> Cell:
     cell.values = [scale * float(v) for v in df[metric]]
     cell.run_ids = [str(r) for r in df["run_id"]]
     cell.conflict = [_recipe_key_name(c) for c in recipe if recipe.loc[df.index, c].nunique() > 1]
+    cell.miniature = f"tag:{SCALE_TAG}" in df and bool((df[f"tag:{SCALE_TAG}"] == "miniature").any())
     return cell
 
 
@@ -249,8 +271,6 @@ def table7(ev: pd.DataFrame) -> list[Spec]:
             ("MEC (multi-crop)", "top1", Cell())]
 
 
-TRANSFER_SETS = ("Food101", "CIFAR10", "CIFAR100", "SUN397", "Cars", "Aircraft", "VOC2007", "DTD", "Pets",
-                 "Caltech101", "Flowers")
 
 
 def table8(ev: pd.DataFrame) -> list[Spec]:
@@ -258,7 +278,7 @@ def table8(ev: pd.DataFrame) -> list[Spec]:
     out = []
     for row, protocol in (("linear", "transfer"), ("finetune", "transfer_finetune")):
         transfer = _matching(ev, **{"tag:mec.protocol": protocol})
-        for name in TRANSFER_SETS:
+        for name in TRANSFER_DATASETS:
             out.append((row, name, _cell(_matching(transfer, **{"param:eval.dataset": name}), "transfer/score")))
     return out
 

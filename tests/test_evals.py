@@ -170,8 +170,11 @@ def test_tsne_embeds_cached_features_and_draws_a_png(tmp_path, folder):
     run_protocol(_job(tmp_path, "knn", config, backbone, k=[3]))
     job = _job(tmp_path, "tsne", config, backbone, max_points=20)
     metrics = run_protocol(job)
-    assert metrics == {"tsne/points": 20.0, "tsne/features_reused": 1.0}  # extracted once, by kNN
+    assert {k: metrics[k] for k in ("tsne/points", "tsne/features_reused")} == {
+        "tsne/points": 20.0, "tsne/features_reused": 1.0}  # extracted once, by kNN
+    assert 0.0 <= metrics["tsne/knn_top1"] <= 1.0 and metrics["tsne/uniformity"] <= 0.0
     embedding = np.load(Path(job.output_dir) / "embedding.npz")
+    assert float(embedding["knn_top1"]) == metrics["tsne/knn_top1"]  # what the study's panels print
     assert embedding["points"].shape == (20, 2) and sorted(set(embedding["labels"])) == [0, 1]
     artifacts = [a.path for a in MlflowClient(job.tracking_uri).list_artifacts(job.run_id, "tsne")]
     assert "tsne/tsne.png" in artifacts
@@ -179,6 +182,22 @@ def test_tsne_embeds_cached_features_and_draws_a_png(tmp_path, folder):
                        ("eps 0.01", embedding["points"], embedding["labels"])], tmp_path / "fig.png")
     with Image.open(two) as image:
         assert image.size[0] > image.size[1] > 100
+
+
+def test_tsne_structure_scores_on_known_cases():
+    from evals.tsne import panel_title, structure_scores
+
+    # two classes at opposite poles: every neighbour is of the same class; of the 6 pairs, 2 coincide
+    # (exp(0) = 1) and 4 are opposite (||x - y||^2 = 4, exp(-8))
+    x = np.array([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0]])
+    scores = structure_scores(x, np.array([0, 0, 1, 1]), k=1)
+    assert scores["knn_top1"] == 1.0
+    assert scores["uniformity"] == pytest.approx(np.log((2 + 4 * np.exp(-8)) / 6), rel=1e-5)
+    collapsed = structure_scores(np.ones((6, 3)), np.array([0, 1, 0, 1, 0, 1]))
+    assert collapsed["uniformity"] == pytest.approx(0.0, abs=1e-6)  # one point: no spread at all
+    # labels swapped across the poles: every neighbour is of the other class
+    assert structure_scores(x, np.array([0, 1, 0, 1]), k=1)["knn_top1"] == 0.0
+    assert panel_title("eps 0.12", scores).endswith("kNN top-1 1.000, uniformity -1.10")
 
 
 def _write_bright_dark_cifar10(root: Path, images_per_file: int = 20) -> None:

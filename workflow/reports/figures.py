@@ -165,7 +165,7 @@ def tsne_panels(runs: pd.DataFrame, client: MlflowClient, folder: Path) -> dict[
     import logging
     import tempfile
 
-    from evals.tsne import plot_panels
+    from evals.tsne import panel_title, plot_panels
     from workflow.reports.tables import latest_evaluations
 
     evals = latest_evaluations(runs)
@@ -186,10 +186,11 @@ def tsne_panels(runs: pd.DataFrame, client: MlflowClient, folder: Path) -> dict[
                     continue
                 embedding = np.load(local)
                 points, labels = embedding["points"], embedding["labels"]
+                scores = {k: float(embedding[k]) for k in ("knn_top1", "uniformity") if k in embedding}
             eps = params.get(run["tag:mec.pretrain_run_id"])
             known = isinstance(eps, str) and eps not in ("", "None")
             title = f"{run['tag:mec.run']} (eps = {float(eps):g})" if known else run["tag:mec.run"]
-            panels.append((title, points, labels))
+            panels.append((panel_title(title, scores if len(scores) == 2 else None), points, labels))
         if panels:
             name = evaluation if evals["experiment"].nunique() == 1 else f"{experiment}-{evaluation}"
             figures[f"figure:{name}"] = plot_panels(panels, folder / f"{name}.png")

@@ -31,6 +31,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/detection.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/transfer.smk"
 include: "workflow/rules/tables.smk"
 
 

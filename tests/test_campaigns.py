@@ -4,6 +4,7 @@ miniature, prints its GPU budget, and every bad campaign stops at planning with 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,25 @@ def test_an_unknown_transfer_data_set_or_scale_stops_at_planning():
     assert build_experiment(tree).evaluation("tr").options["root"] == "/data/transfer/Food101"
     with pytest.raises(ConfigError, match=r"scale=miniature: experiment 't' has no miniature block"):
         build_experiment(tree | {"scale": "miniature"})
+
+
+def test_transfer_on_the_offline_digits_reads_the_dags_miniature_of_each_data_set(tmp_path):
+    from workflow.stage import main
+
+    tree = {"experiment": "t", "output": str(tmp_path / "out"),
+            "pretrain": {"a": {"config": "digits", "overrides": {"data.root": str(tmp_path / "digits")}}},
+            "evaluate": {"tr": {"protocol": "transfer", "grid": {"dataset": ["DTD", "Pets"]}}}}
+    exp = build_experiment(tree)
+    root = exp.transfer_root("tr_datasetDTD", "a_s0")
+    assert root == exp.transfer_set_dir("a_s0", "DTD") and root.name.startswith("digit-transfer-DTD-digits-")
+    assert exp.generated_inputs("tr_datasetPets", "a_s0") == [str(exp.transfer_set_dir("a_s0", "Pets") /
+                                                                  "manifest.json")]
+    assert sorted(exp.transfer_sets().values()) == [("a_s0", "DTD"), ("a_s0", "Pets")]
+    manifest = root / "manifest.json"
+    assert main(["transfer-set", "--config", json.dumps(tree), "--run", "a_s0", "--dataset", "DTD",
+                 "--output", str(manifest)]) == 0
+    assert (root / "dtd" / "dtd" / "labels" / "train1.txt").is_file()
+    other = tree | {"pretrain": {"a": {"config": "cifar10"}}}
+    with pytest.raises(ConfigError, match=r"evaluate\.tr_datasetDTD: run a_s0 is pretrained on 'cifar10'.*"
+                                          r"set datasets\.transfer \(the folder holding DTD/\)"):
+        build_experiment(other)

@@ -136,11 +136,11 @@ def test_tracking_evaluations_read_their_benchmark_from_datasets_or_the_dag_writ
     })
     assert exp.evaluation("vos").options == {"task": "vos", "root": "/data/DAVIS"}
     assert exp.evaluation("vos_unitrack").options["unitrack"] == "/src/UniTrack"
-    assert exp.videos_root("vos", "a_s0") is None and exp.tracking_inputs("vos", "a_s0") == []
+    assert exp.videos_root("vos", "a_s0") is None and exp.generated_inputs("vos", "a_s0") == []
     videos = exp.videos_root("mot", "a_s0")
     assert videos == exp.videos_dir("a_s0", "mot") and videos.name.startswith("digit-videos-mot-digits-")
     assert exp.tracking_videos() == {videos.name: ("a_s0", "mot")}
-    assert exp.tracking_inputs("mot", "a_s0") == [str(videos / "manifest.json")]
+    assert exp.generated_inputs("mot", "a_s0") == [str(videos / "manifest.json")]
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from evals import DETECTION_SCENE_RECIPES, FEATURE_SPLITS, PROTOCOLS, TRACKING_T
 from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
+TRANSFER_PROTOCOLS = ("transfer", "transfer_finetune")  # the protocols reading a data set of paper Table 8
 # A pretraining run's data (`data.name`) -> the ``datasets`` key of its folder.
 PRETRAIN_DATASETS = {"imagefolder": "imagenet", "places365": "places365", "cifar10": "cifar10", "cifar100": "cifar100"}
 
@@ -198,10 +199,31 @@ class Experiment:
                     found.setdefault(root.name, (run, evaluation.options["task"]))
         return found
 
-    def tracking_inputs(self, evaluation: str, run: str) -> list[str]:
-        """What a tracking evaluation needs before its job starts: its generated videos, if any."""
-        root = self.videos_root(evaluation, run)
-        return [str(root / "manifest.json")] if root else []
+    def transfer_set_dir(self, run: str, dataset: str) -> Path:
+        """The offline miniature of transfer data set ``dataset`` drawn like ``run``'s pretraining digits
+        (`evals.transfer_sets`), in the layout torchvision reads for it."""
+        return self._digits_data_dir(run, "transfer", dataset)
+
+    def transfer_root(self, evaluation: str, run: str) -> Path | None:
+        """The DAG-written transfer set a transfer evaluation of ``run`` without a root reads, else None."""
+        spec = self.evaluation(evaluation)
+        if spec.protocol not in TRANSFER_PROTOCOLS or "root" in spec.options:
+            return None
+        return self.transfer_set_dir(run, spec.options["dataset"])
+
+    def transfer_sets(self) -> dict[str, tuple[str, str]]:
+        """Every offline transfer set the evaluations read (its folder's name) -> (a run on its data, data set)."""
+        found: dict[str, tuple[str, str]] = {}
+        for evaluation in self.evaluations.values():
+            for run in evaluation.runs:
+                if (root := self.transfer_root(evaluation.name, run)) is not None:
+                    found.setdefault(root.name, (run, evaluation.options["dataset"]))
+        return found
+
+    def generated_inputs(self, evaluation: str, run: str) -> list[str]:
+        """The manifests of the offline data an evaluation of ``run`` reads (tracking videos, transfer sets)."""
+        roots = (self.videos_root(evaluation, run), self.transfer_root(evaluation, run))
+        return [str(root / "manifest.json") for root in roots if root is not None]
 
     def config_for(self, run: str, **extra: Any) -> Config:
         """The run's typed `mec` config, with the output folder, seed and MLflow names the workflow owns."""
@@ -318,15 +340,13 @@ def _detection_options(name: str, options: dict[str, Any], datasets: Mapping[str
 
 def _transfer_options(name: str, options: dict[str, Any], datasets: Mapping[str, str]) -> dict[str, Any]:
     """A transfer evaluation's data set checked and its root filled from ``datasets.transfer`` (one folder holding
-    a folder per data set, named as `evals.TRANSFER_DATASETS`)."""
+    a folder per data set, named as `evals.TRANSFER_DATASETS`). Without either, runs on the offline digits read
+    the DAG's miniature of the data set (`Experiment.transfer_root`; `_check_offline_data` checks the runs)."""
     dataset = options.get("dataset")
     if dataset not in TRANSFER_DATASETS:
         raise ConfigError(f"evaluate.{name}.options.dataset: {dataset!r} is not one of {list(TRANSFER_DATASETS)}")
-    if "root" in options:
+    if "root" in options or "transfer" not in datasets:
         return options
-    if "transfer" not in datasets:
-        raise ConfigError(f"evaluate.{name}: set datasets.transfer (the folder holding {dataset}/ and the other "
-                          "transfer data sets) or options.root")
     return options | {"root": str(Path(datasets["transfer"]) / dataset)}
 
 
@@ -357,18 +377,22 @@ def _tracking_options(name: str, options: dict[str, Any], datasets: Mapping[str,
     return options
 
 
-def _check_offline_tracking(experiment: Experiment) -> None:
-    """Tracking evaluations without a data root read the offline digit videos: only runs on the digits have them."""
+def _check_offline_data(experiment: Experiment) -> None:
+    """Tracking and transfer evaluations without a data root read offline data drawn from the pretraining digits:
+    only runs on the digits have them."""
     for evaluation in experiment.evaluations.values():
-        if evaluation.protocol != "tracking" or {"root", "videos"} & set(evaluation.options):
+        if evaluation.protocol == "tracking" and not {"root", "videos"} & set(evaluation.options):
+            task = TRACKING_TASKS[evaluation.options["task"]]
+            key, what = task.datasets_key, f"the {task.benchmark} folder"
+        elif evaluation.protocol in TRANSFER_PROTOCOLS and "root" not in evaluation.options:
+            key, what = "transfer", f"the folder holding {evaluation.options['dataset']}/"
+        else:
             continue
         for run in evaluation.runs:
             data = experiment.config_for(run).data.name
             if data != "digits":
-                task = TRACKING_TASKS[evaluation.options["task"]]
                 raise ConfigError(f"evaluate.{evaluation.name}: run {run} is pretrained on {data!r}, not the offline "
-                                  f"digits; set datasets.{task.datasets_key} (the {task.benchmark} folder) or "
-                                  "options.root")
+                                  f"digits; set datasets.{key} ({what}) or options.root")
 
 
 def _under(root: Path, folder: str) -> Path:
@@ -445,7 +469,7 @@ def _build(tree: Mapping[str, Any], root: Path, check_files: bool = True) -> Exp
                 options = _detection_options(eval_name, options, datasets)
             if protocol == "tracking":
                 options = _tracking_options(eval_name, options, datasets)
-            if protocol in ("transfer", "transfer_finetune"):
+            if protocol in TRANSFER_PROTOCOLS:
                 options = _transfer_options(eval_name, options, datasets)
             options = _split_option(options, datasets)
             evaluations[expanded_name] = Evaluation(
@@ -473,7 +497,7 @@ def _build(tree: Mapping[str, Any], root: Path, check_files: bool = True) -> Exp
             experiment.config_for(name)
         except ConfigError as exc:
             raise ConfigError(f"pretrain.{run.group} (run {name}): {exc}") from None
-    _check_offline_tracking(experiment)
+    _check_offline_data(experiment)
     return experiment
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from evals import TRACKING_TASKS
+from evals import TRACKING_TASKS, TRANSFER_DATASETS
 from workflow.experiment import Experiment, build_experiment
 from workflow.launch import (
     SLURM_ACTIVE_STATES,
@@ -344,6 +344,18 @@ def write_videos(tree: Mapping[str, Any], run: str, task: str, output: Path) -> 
     return 0
 
 
+def write_transfer_set(tree: Mapping[str, Any], run: str, dataset: str, output: Path) -> int:
+    """The transfer_sets rule: a short local step rendering one offline transfer data set, no job."""
+    from workflow.stages import transfer_set
+
+    written = transfer_set(build_experiment(tree), run, dataset)
+    if written.resolve() != output.resolve():
+        raise StageError(f"transfer set manifest {output} is not the one the experiment names for run {run} "
+                         f"({written})")
+    log.info("%s miniature %s: %s", dataset, written.parent, json.loads(written.read_text()).get("counts", {}))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m workflow.stage", description=__doc__.split("\n")[0])
     parser.add_argument("--log", help="also write this command's lines to this file (the rule's log)")
@@ -366,6 +378,11 @@ def _parser() -> argparse.ArgumentParser:
     videos.add_argument("--run", required=True, help="a pretraining run on the data the videos are drawn like")
     videos.add_argument("--task", required=True, choices=sorted(TRACKING_TASKS))
     videos.add_argument("--output", required=True, help="the videos' manifest (must be the one the experiment names)")
+    tset = sub.add_parser("transfer-set", help="write the offline miniature of a transfer data set for a run")
+    tset.add_argument("--config", required=True, help="the experiment config as JSON")
+    tset.add_argument("--run", required=True, help="a pretraining run on the data the set is drawn like")
+    tset.add_argument("--dataset", required=True, choices=TRANSFER_DATASETS)
+    tset.add_argument("--output", required=True, help="the set's manifest (must be the one the experiment names)")
     feat = sub.add_parser("features", help="extract one run's backbone features on one split")
     feat.add_argument("--config", required=True, help="the experiment config as JSON")
     feat.add_argument("--run", required=True)
@@ -426,6 +443,8 @@ def _run(args: argparse.Namespace) -> int:
         return write_scenes(json.loads(args.config), args.run, args.format, Path(args.output))
     if args.stage == "videos":
         return write_videos(json.loads(args.config), args.run, args.task, Path(args.output))
+    if args.stage == "transfer-set":
+        return write_transfer_set(json.loads(args.config), args.run, args.dataset, Path(args.output))
     if args.stage == "features":
         features(json.loads(args.config), args.run, args.split, args.pretrain, args.output,
                  json.loads(args.resources))

@@ -131,8 +131,10 @@ def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: st
     options = dict(spec.options)
     if spec.fraction is not None and "split" not in options:
         options["split"] = str(label_split(experiment, run, spec.fraction).resolve())
-    # the DAG-written offline data of the digits detection recipes and tracking tasks
-    if (generated := experiment.scenes_root(evaluation, run) or experiment.videos_root(evaluation, run)) is not None:
+    # the DAG-written offline data of the digits detection recipes, tracking tasks and transfer sets
+    generated = (experiment.scenes_root(evaluation, run) or experiment.videos_root(evaluation, run)
+                 or experiment.transfer_root(evaluation, run))
+    if generated is not None:
         options["root"] = str(generated.resolve())
     log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
                | {"eval.protocol": spec.protocol, "eval.backbone": pre["backbone"]})
@@ -260,6 +262,17 @@ def detection_scenes(experiment: Experiment, run: str, fmt: str) -> Path:
 
     params = dict(SCENES) | pretraining_style(experiment.config_for(run).data)
     return write_scenes(fmt, experiment.scenes_dir(run, fmt), params) / MANIFEST_NAME
+
+
+def transfer_set(experiment: Experiment, run: str, dataset: str) -> Path:
+    """The offline miniature of a transfer data set for ``run``'s evaluations (`Experiment.transfer_set_dir`),
+    drawn like its pretraining digits; rewritten only when its parameters change. Returns the manifest."""
+    from evals import pretraining_style
+    from evals.transfer_sets import write_transfer_set
+    from mec.trees import MANIFEST_NAME
+
+    params = pretraining_style(experiment.config_for(run).data)
+    return write_transfer_set(dataset, experiment.transfer_set_dir(run, dataset), **params) / MANIFEST_NAME
 
 
 def tracking_videos(experiment: Experiment, run: str, task: str) -> Path:

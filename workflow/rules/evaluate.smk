@@ -54,7 +54,7 @@ rule evaluate:
         split=lambda wc: EXPERIMENT.split_inputs(wc.evaluation, wc.run),
         features=lambda wc: EXPERIMENT.feature_inputs(wc.evaluation, wc.run),
         detection=lambda wc: EXPERIMENT.detection_inputs(wc.evaluation, wc.run),
-        tracking=lambda wc: EXPERIMENT.tracking_inputs(wc.evaluation, wc.run),
+        generated=lambda wc: EXPERIMENT.generated_inputs(wc.evaluation, wc.run),
     output:
         f"{OUT}/eval/{{evaluation}}/{{run}}/result.json",
     log:

@@ -22,3 +22,4 @@ rule tracking_videos:
     shell:
         "{params.stage} --log {log} videos --config {params.config} --run {params.run} --task {params.task}"
         " --output {output}"
+

@@ -279,8 +279,8 @@ def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -
     optimizer = build_optimizer(model, cfg.optim, cfg.lr)
     job = Pretraining(cfg, proc, loader, model, MultiCropForward(model), loss_fn, optimizer, len(loader),
                       run_id=given_run_id)
-    log.info("%d crops per image: 2 global views of %d px and %d local views of %d px", job.crops,
-             cfg.data.image_size, job.crops - 2, cfg.data.multi_crop.local_size)
+    local = f" and {job.crops - 2} local views of {cfg.data.multi_crop.local_size} px" if job.crops > 2 else ""
+    log.info("%d crops per image: 2 global views of %d px%s", job.crops, cfg.data.image_size, local)
     resumed = resume_latest(job.ckpt_dir, model=model, optimizer=optimizer)
     if resumed is not None:
         path, state = resumed

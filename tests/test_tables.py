@@ -52,6 +52,12 @@ def store(tmp_path):
                                       for key in ("train/loss", "train/coding_length")])
     ids["lin800"] = _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
                          {"linear/top1_best": 0.745}, parent=pre800)
+    # Table 7: a multi-crop run (six local views) fills its own row, not the plain recipe's
+    crops = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
+                                              "optim.epochs": 800, "model.projector_hidden": 2048,
+                                              "data.multi_crop.local_crops": 6}, {"mec.run": "mc800_s0"})
+    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
+         {"linear/top1_best": 0.752}, parent=crops)
     # Tables 3, 4, 8, 9: one run each, logged under the protocol names those tables read.
     # Table 3: VOC07+12 over two seeds at two learning rates (the search: the better lr's seeds fill the row).
     for lr, ap50 in ((0.02, 0.82), (0.05, 0.80)):
@@ -115,7 +121,7 @@ def test_paper_tables_hold_values_spread_missing_cells_and_run_ids(store, tmp_pa
     assert _row(t4, "PoseTrack", "ID switches")["ours"] == "12.0"  # a count, not a percentage
     t7 = pd.read_csv(tmp_path / "tables" / "table7_strategies.csv", keep_default_na=False)
     assert _row(t7, "MEC", "top1")["ours"] == "74.5" and float(_row(t7, "MEC", "top1")["paper"]) == 74.5
-    assert _row(t7, "MEC (multi-crop)", "top1")["ours"] == "n/a"
+    assert _row(t7, "MEC (multi-crop)", "top1")["ours"] == "75.2"
     t9 = pd.read_csv(tmp_path / "tables" / "table9_places365.csv", keep_default_na=False)
     assert _row(t9, "MEC", "Places365")["ours"] == "53.8"
 
@@ -142,7 +148,7 @@ def test_experiment_summary_prints_missing_as_na(store, tmp_path):
     lines = paths["summary"].read_text().splitlines()
     header = next(line for line in lines if line.startswith("| protocol |"))
     runs = [cell.strip() for cell in header.strip("|").split("|")][1:]
-    assert runs == ["c10_order2_s0", "c10_order4_s0", "in100_s0", "in100_s1", "in800_s0", "places_s0"]
+    assert runs == ["c10_order2_s0", "c10_order4_s0", "in100_s0", "in100_s1", "in800_s0", "mc800_s0", "places_s0"]
 
     def cells(label: str) -> dict[str, str]:
         (line,) = [line for line in lines if line.startswith(f"| {label} |")]
@@ -150,9 +156,10 @@ def test_experiment_summary_prints_missing_as_na(store, tmp_path):
 
     # kNN ran on the CIFAR runs only: every other run's cell is n/a, never 0 or empty.
     assert cells("kNN top-1 (k=20)") == {"c10_order2_s0": "0.800", "c10_order4_s0": "0.850", "in100_s0": "n/a",
-                                         "in100_s1": "n/a", "in800_s0": "n/a", "places_s0": "n/a"}
+                                         "in100_s1": "n/a", "in800_s0": "n/a", "mc800_s0": "n/a", "places_s0": "n/a"}
     assert cells("linear top-1") == {"c10_order2_s0": "n/a", "c10_order4_s0": "n/a", "in100_s0": "0.700",
-                                     "in100_s1": "0.720", "in800_s0": "0.745", "places_s0": "0.538"}
+                                     "in100_s1": "0.720", "in800_s0": "0.745", "mc800_s0": "0.752",
+                                     "places_s0": "0.538"}
     assert cells("transfer Food101 score")["in800_s0"] == "0.756"
     # The CSV holds every final metric in long form with the run that logged it (fine-tuning's top-5 too).
     values = pd.read_csv(paths["summary:csv"])

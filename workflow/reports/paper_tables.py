@@ -7,8 +7,8 @@ differ in anything else (another evaluation option, another pretraining paramete
 never averaged: the cell reads "conflict: <the differing keys>" and its CSV line names them. A cell with no
 run is "n/a", never zero; the CSV lists the run ids behind every cell. Random-init baselines are not MEC
 results and stay out of these tables (the summary compares with them). Percentages throughout (the runs log
-fractions; ID switches stay counts). Tables whose protocols the pipeline does not run yet (fine-tuned transfer,
-multi-crop) still print, with our side n/a, so a campaign shows what is missing.
+fractions; ID switches stay counts). Cells no run fills still print, with our side n/a, so a campaign shows what
+is missing.
 """
 
 from __future__ import annotations
@@ -165,9 +165,17 @@ Spec = tuple[str, str, Cell]  # (row, column, cell)
 IMAGENET = {"pre:data.name": "imagefolder", "pre:data.augment": "imagenet"}
 
 
+def _two_view(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs pretrained on two views only (Table 1 compares methods "with two 224 x 224 views"; multi-crop is
+    Table 7's)."""
+    if "pre:data.multi_crop.local_crops" not in df:
+        return df
+    return df[pd.to_numeric(df["pre:data.multi_crop.local_crops"], errors="coerce").fillna(0) == 0]
+
+
 def table1(ev: pd.DataFrame) -> list[Spec]:
-    """ImageNet linear top-1 by pretraining epochs."""
-    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe"} | IMAGENET))
+    """ImageNet linear top-1 by pretraining epochs, two views."""
+    linear = _two_view(_no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe"} | IMAGENET)))
     return [(str(e), "top1", _cell(_matching(linear, **{"pre:optim.epochs": e}), "linear/top1_best"))
             for e in (100, 200, 400, 800)]
 
@@ -261,14 +269,18 @@ def table5(ev: pd.DataFrame) -> list[Spec]:
 
 
 def table7(ev: pd.DataFrame) -> list[Spec]:
-    """800-epoch ImageNet linear top-1 with the large projector; multi-crop is not implemented yet."""
+    """800-epoch ImageNet linear top-1: the plain recipe, the large projector (8192-d), multi-crop (local views)."""
     linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:optim.epochs": 800} | IMAGENET))
-    hidden = linear["pre:model.projector_hidden"].astype(float) if "pre:model.projector_hidden" in linear else None
-    plain = linear[hidden < 8192] if hidden is not None else linear.iloc[0:0]
-    large = linear[hidden >= 8192] if hidden is not None else linear.iloc[0:0]
-    return [("MEC", "top1", _cell(plain, "linear/top1_best")),
-            ("MEC (large projector)", "top1", _cell(large, "linear/top1_best")),
-            ("MEC (multi-crop)", "top1", Cell())]
+
+    def numeric(column: str, default: float) -> pd.Series:
+        if column not in linear:
+            return pd.Series(default, index=linear.index)
+        return pd.to_numeric(linear[column], errors="coerce").fillna(default)
+
+    hidden, local = numeric("pre:model.projector_hidden", 2048), numeric("pre:data.multi_crop.local_crops", 0)
+    return [("MEC", "top1", _cell(linear[(hidden < 8192) & (local == 0)], "linear/top1_best")),
+            ("MEC (large projector)", "top1", _cell(linear[(hidden >= 8192) & (local == 0)], "linear/top1_best")),
+            ("MEC (multi-crop)", "top1", _cell(linear[local > 0], "linear/top1_best"))]
 
 
 

@@ -3,8 +3,9 @@
 Per job: the GPUs it holds (nodes x GPUs per node), its time limit (the ``runtime`` resource, minutes) and the GPU
 hours that reserves; for a pretraining run also an estimate of the GPU hours it needs, from its epochs, the size
 of its data set and the pretraining throughput the README states (`IMAGES_PER_SECOND_PER_GPU`, one H100 with 16
-cores: the end-to-end rate while the input pipeline is the bottleneck, issue 14). Evaluations have no estimate:
-their reservation is the bound. CPU-only jobs (the miniatures) show 0 GPUs.
+cores: the end-to-end rate of the ResNet-50 224 px recipe while the input pipeline is the bottleneck, issue 14),
+so only for that setting (ImageNet, Places365); other runs and the evaluations have no estimate: their
+reservation is the bound. CPU-only jobs (the miniatures) show 0 GPUs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 # images (two views each) per second per GPU.
 IMAGES_PER_SECOND_PER_GPU = 102.0
 # Training-set images per epoch of each pretraining data set (`data.name`); the digits' depend on their renderings.
-TRAIN_IMAGES = {"imagefolder": 1_281_167, "places365": 1_803_460, "cifar10": 50_000, "cifar100": 50_000}
+TRAIN_IMAGES = {"imagefolder": 1_281_167, "places365": 1_803_460}
 DRY_RUN_FLAGS = ("--dry-run", "--dryrun", "--just-print")
 
 
@@ -38,7 +39,8 @@ def plan_rows(experiment: Any) -> list[dict[str, Any]]:
         if run.backbone is None and not run.random_init:
             cfg = experiment.config_for(name)
             images = TRAIN_IMAGES.get(cfg.data.name)
-            if images is not None and gpus > 0:
+            measured = cfg.model.arch == "resnet50" and cfg.data.image_size == 224  # the setting of the figure
+            if images is not None and gpus > 0 and measured:
                 estimate = cfg.optim.epochs * images / IMAGES_PER_SECOND_PER_GPU / 3600
         rows.append({"job": f"pretrain {name}", "gpus": gpus, "limit_h": limit, "reserved": gpus * limit,
                      "estimate": estimate})

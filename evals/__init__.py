@@ -13,6 +13,7 @@ PROTOCOLS = {
     "finetune": "evals.finetune",
     "tsne": "evals.tsne",
     "transfer": "evals.transfer",
+    "transfer_finetune": "evals.transfer_finetune",
     "detection": "evals.detection",
     "tracking": "evals.tracking",
 }

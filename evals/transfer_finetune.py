@@ -113,15 +113,23 @@ def _int(options: dict[str, Any], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _number(value: Any) -> float | None:
+    """A finite number, also written as YAML 1.1 reads ``1e-4`` (a string); else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _floats(options: dict[str, Any], name: str, default: tuple[float, ...], positive: bool) -> tuple[float, ...]:
     value = options.get(name, default)
-    values = list(value) if isinstance(value, list | tuple) else [value]
-    wanted = f"a non-empty list of {'positive' if positive else 'non-negative'} numbers"
-    if not values or any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in values):
-        raise _bad(name, wanted, value)
-    if any(v <= 0 if positive else v < 0 for v in values):
-        raise _bad(name, wanted, value)
-    return tuple(dict.fromkeys(float(v) for v in values))  # in order, once each
+    values = [_number(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    if not values or any(v is None or (v <= 0 if positive else v < 0) for v in values):
+        raise _bad(name, f"a non-empty list of {'positive' if positive else 'non-negative'} numbers", value)
+    return tuple(dict.fromkeys(values))  # in order, once each
 
 
 def settings(job: EvalJob) -> Settings:
@@ -196,7 +204,8 @@ def transfer_data(s: Settings) -> TransferData:
     train_plain = open_split(s.dataset, s.root, train_split, plain)
     labels = dataset_labels(train_plain)
     train_idx, val_idx, test_idx = split_indices(s.dataset, labels, s.seed)
-    test = open_split(s.dataset, s.root, test_split, plain) if test_idx is None else Subset(train_plain, test_idx)
+    test = (open_split(s.dataset, s.root, test_split, plain) if test_idx is None
+            else Subset(train_plain, test_idx.tolist()))
     train = Subset(train_augmented, train_idx.tolist())
     if val_idx is None:
         val = open_split(s.dataset, s.root, val_split, plain)

@@ -275,11 +275,16 @@ def test_the_metric_is_the_data_sets_own():
     assert DATASETS["VOC2007"].metric == "map11" and DATASETS["CIFAR10"].metric == "top1"
 
 
-def test_simclrs_grid_and_weight_decay_divided_by_the_learning_rate():
+def test_simclrs_grid_and_weight_decay_divided_by_the_learning_rate(tmp_path, cifar):
+    _, config, backbone = cifar
+    job = _job(tmp_path, "transfer_finetune", config, backbone, dataset="DTD", root="x", lrs=["1e-3", 0.01, 0.01],
+               wds=0.0)  # YAML 1.1 reads 1e-3 as a string; one number for a one-point list; repeats once
+    s = tf.settings(job)
+    assert s.lrs == (1e-3, 0.01) and s.wds == (0.0,) and s.steps == 20000 and s.batch_size == 256
+    assert s.image_size == 32 and s.seed == 0 and s.wd_divided_by_lr  # the backbone's input size by default
     assert len(tf.DEFAULT_LRS) == 7 and tf.DEFAULT_LRS[0] == pytest.approx(1e-4) and tf.DEFAULT_LRS[-1] == 0.1
     assert tf.DEFAULT_WDS[0] == 0.0 and len(tf.DEFAULT_WDS) == 8
     assert tf.DEFAULT_WDS[1] == pytest.approx(1e-6) and tf.DEFAULT_WDS[-1] == pytest.approx(1e-3)
-    s = tf.Settings("CIFAR10", "x", (0.1,), (0.0,), 1, 2, 8, 0, 1, True)
     assert s.sgd_weight_decay(0.01, 1e-4) == pytest.approx(1e-2)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
     decayed, plain = tf._param_groups(net, 0.5)
@@ -294,6 +299,7 @@ BAD_OPTIONS = [
     ({"lrs": [0.1, -1]}, "options.lrs must be a non-empty list of positive numbers"),
     ({"lrs": []}, "options.lrs must be"),
     ({"wds": ["none"]}, "options.wds must be a non-empty list of non-negative numbers"),
+    ({"wds": [float("nan")]}, "options.wds must be"),
     ({"steps": 0}, "options.steps must be an int >= 1"),
     ({"batch_size": 1}, "options.batch_size must be an int >= 2"),
     ({"image_size": "big"}, "options.image_size must be an int >= 8"),

@@ -66,7 +66,8 @@ def test_a_miniature_run_knows_what_it_stands_for():
     assert mini.config_for("mec800_s0").data.name == "digits"
     table2 = build_experiment(_tree("table2") | {"scale": "miniature"})
     assert Path(table2.nominal_evaluations["finetune_1pct"]["split"]).name == "1percent.txt"
-    assert table2.evaluation("finetune_1pct").fraction == 0.01 and "split" not in table2.evaluation("finetune_1pct").options
+    finetune = table2.evaluation("finetune_1pct")
+    assert finetune.fraction == 0.01 and "split" not in finetune.options
 
 
 def test_the_plan_estimates_pretraining_from_the_stated_throughput():
@@ -108,9 +109,10 @@ def _bad(tree: dict, where: list, value) -> dict:
         (["pretrain", "mec100", "resources", "tasks_per_node"], 4, r"pretrain\.mec100\.resources\.tasks_per_node=4: "
                                                                   r"jobs run one task per GPU; with gpus_per_node=8"),
         (["launcher"], "local", r"pretrain\.mec400\.resources\.nodes=2: launcher 'local' runs on one node"),
-        (["miniature", "pretrain", "mec1600"], {"config": "digits"}, r"miniature\.pretrain\.mec1600: the campaign has "
-                                                                      r"no such run group"),
-        (["miniature", "pretrain", "mec100", "seeds"], [0, 1], r"miniature\.pretrain\.mec100\.seeds: a miniature keeps"),
+        (["miniature", "pretrain", "mec1600"], {"config": "digits"},
+         r"miniature\.pretrain\.mec1600: the campaign has no such run group"),
+        (["miniature", "pretrain", "mec100", "seeds"], [0, 1],
+         r"miniature\.pretrain\.mec100\.seeds: a miniature keeps"),
     ],
 )
 def test_bad_campaigns_stop_at_planning_naming_the_key(where, value, message):

@@ -73,6 +73,9 @@ def store(tmp_path):
     _run(client, exp_id, "evaluate", {"eval.dataset": "Food101"}, {"mec.protocol": "transfer",
                                                                    "mec.evaluation": "food"},
          {"transfer/score": 0.756}, parent=pre800)
+    _run(client, exp_id, "evaluate", {"eval.dataset": "Food101"}, {"mec.protocol": "transfer_finetune",
+                                                                   "mec.evaluation": "food_ft"},
+         {"transfer_finetune/score": 0.889}, parent=pre800)
     places = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "places365",
                                                "optim.epochs": 100}, {"mec.run": "places_s0"})
     _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
@@ -111,6 +114,7 @@ def test_paper_tables_hold_values_spread_missing_cells_and_run_ids(store, tmp_pa
     t8 = pd.read_csv(tmp_path / "tables" / "table8_transfer.csv", keep_default_na=False)
     assert _row(t8, "linear", "Food101")["ours"] == "75.6" and float(_row(t8, "linear", "Food101")["diff"]) == 0
     assert _row(t8, "linear", "DTD")["ours"] == "n/a" and float(_row(t8, "linear", "DTD")["paper"]) == 75.8
+    assert _row(t8, "finetune", "Food101")["ours"] == "88.9" and float(_row(t8, "finetune", "Food101")["diff"]) == 0
     t3 = pd.read_csv(tmp_path / "tables" / "table3_detection.csv", keep_default_na=False)
     assert _row(t3, "VOC07+12", "AP50")["ours"] == "82.5 +- 0.7" and int(_row(t3, "VOC07+12", "AP50")["runs"]) == 2
     assert _row(t3, "VOC07+12", "AP")["ours"] == "57.0 +- 0.0" and _row(t3, "COCO", "AP")["ours"] == "n/a"

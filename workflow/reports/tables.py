@@ -23,7 +23,8 @@ MISSING = "n/a"
 RUN_COLUMNS = ("run_id", "run_name", "status", "start_time", "experiment")
 # What an evaluation contributes to the summary: its final numbers, not per-epoch series (those are in MLflow).
 FINAL_SUFFIXES = ("_best", "_last")
-FINAL_PREFIXES = ("knn/top1_k", "transfer/score", "tsne/points", "detection/AP", "detection/mask_AP", "tracking/")
+FINAL_PREFIXES = ("knn/top1_k", "transfer/score", "transfer_finetune/score", "tsne/points", "tsne/knn_top1",
+                  "tsne/uniformity", "detection/AP", "detection/mask_AP", "tracking/")
 # The end-of-training monitor of a pretraining run, and how its rows read.
 MONITOR_ROWS = {
     "monitor/knn_top1": "monitor: kNN top-1",
@@ -33,15 +34,18 @@ MONITOR_ROWS = {
     "monitor/random_init/linear_5shot_top1": "monitor: 5 labels per class, random init",
     "monitor/random_init/linear_top1": "monitor: all labels, random init",
 }
-PROTOCOL_ORDER = ("knn", "linear_probe", "finetune", "transfer", "detection", "tracking", "tsne")
+PROTOCOL_ORDER = ("knn", "linear_probe", "finetune", "transfer", "transfer_finetune", "detection", "tracking",
+                  "tsne")
 PROTOCOL_LABELS = {"knn": "kNN", "linear_probe": "linear", "finetune": "fine-tune", "transfer": "transfer",
-                   "detection": "detection", "tracking": "tracking", "tsne": "t-SNE"}
+                   "transfer_finetune": "fine-tuned transfer", "detection": "detection", "tracking": "tracking",
+                   "tsne": "t-SNE"}
 # The headline metric(s) of each protocol: the rows of summary.md (the CSV keeps every final metric).
 HEADLINE = {
     "knn": re.compile(r"^knn/top1_k(?P<k>\d+)$"),
     "linear_probe": re.compile(r"^linear/top1_best$"),
     "finetune": re.compile(r"^finetune/top1_best$"),
     "transfer": re.compile(r"^transfer/score$"),
+    "transfer_finetune": re.compile(r"^transfer_finetune/score$"),
     "detection": re.compile(r"^detection/(?P<ap>AP50|AP|mask_AP)$"),
     # Table 4's columns: each task logs only its own (VOS J/F, SOT AUC, MOT/MOTS/PoseTrack IDF1 and HOTA)
     "tracking": re.compile(r"^tracking/(?P<score>J_mean|F_mean|AUC|IDF1|HOTA)$"),
@@ -147,7 +151,7 @@ def row_label(evaluation: pd.Series, metric: str) -> str:
     if protocol == "tracking":
         task = evaluation.get("param:eval.task")
         return " ".join([*words, *([str(task).upper()] if _present(task) else [])]) + f" {match['score']}"
-    return " ".join(words) + (" score" if protocol == "transfer" else " top-1")
+    return " ".join(words) + (" score" if protocol in ("transfer", "transfer_finetune") else " top-1")
 
 
 def label_subset(evaluation: pd.Series) -> str:

@@ -41,6 +41,8 @@ rule figure_taylor:
     output:
         png=f"{OUT}/figures/taylor_error.png",
         csv=f"{OUT}/figures/taylor_error.csv",
+        by_lambda_png=f"{OUT}/figures/taylor_error_by_lambda.png",  # the error by lambda * m (synthetic views)
+        by_lambda_csv=f"{OUT}/figures/taylor_error_by_lambda.csv",
     params:
         mec=MEC_COMMAND,
     log:

@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", required=True,
                     help="a shipped config name or YAML giving its architecture and data (e.g. imagenet-800ep for "
                          "the released ResNet-50)")
-    ev.add_argument("--protocol", action="append", required=True, choices=sorted(PROTOCOLS),
-                    help="evaluation protocol; repeat for several (their options: README, 'Evaluations')")
+    ev.add_argument("--protocol", action="append", required=True,
+                    help=f"evaluation protocol ({', '.join(PROTOCOLS)}); repeat for several")
     ev.add_argument("--option", action="append", metavar="key=value",
                     help="protocol option (YAML value) for every chosen protocol, or protocol.key=value for one "
                          "(e.g. knn.k=[20,200]); repeatable")

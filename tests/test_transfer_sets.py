@@ -202,3 +202,14 @@ def test_transfer_evaluates_a_generated_set(tmp_path, tracking_uri, name):
     run = MlflowClient(job.tracking_uri).get_run(job.run_id)
     assert run.data.tags["transfer.metric"] == DATASETS[name].metric
     assert run.data.metrics["transfer/score"] == pytest.approx(metrics["transfer/score"])
+
+
+def test_the_transfer_protocol_reads_generated_sets_without_the_real_md5(tiny_sets):
+    """No generated file can match the real CIFAR / Flowers-102 MD5s: `evals.transfer.open_split` reads a tree its
+    manifest marks as a miniature of that data set without them (and a real tree with them)."""
+    from evals.transfer import is_generated_set, open_split
+
+    for name in ("CIFAR10", "CIFAR100", "Flowers"):
+        assert is_generated_set(name, tiny_sets[name]) and not is_generated_set("DTD", tiny_sets[name])
+        classes = min(TINY["classes"], CLASS_COUNTS[name])
+        assert len(open_split(name, str(tiny_sets[name]), "test", None)) == _expected_images(name, "test", classes)

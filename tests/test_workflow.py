@@ -76,10 +76,12 @@ def test_local_jobs_take_their_cores_and_slurm_jobs_do_not(tmp_path):
 
 def _tiny_experiment(tmp_path: Path, *, fail_group_b: bool) -> Path:
     mec_config = write_tiny_mec_config(tmp_path)
-    # Group b reads its own copy of the data, missing on the first run: its job fails, the rerun has it.
+    # Group b reads its own copy of the data, an empty folder on the first run (it exists, so planning passes;
+    # the job finds no images and fails), the rerun has it.
     b_data = tmp_path / "data_b"
-    if not fail_group_b and not b_data.exists():
-        shutil.copytree(tmp_path / "data", b_data)
+    b_data.mkdir(exist_ok=True)
+    if not fail_group_b and not any(b_data.iterdir()):
+        shutil.copytree(tmp_path / "data", b_data, dirs_exist_ok=True)
     b_overrides = {"data.root": str(b_data)}
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(yaml.safe_dump({

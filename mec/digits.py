@@ -120,7 +120,7 @@ def colour_palette(size: int, min_distance: float) -> np.ndarray:
     pairs = []
     for _ in range(size):
         background = rng.random(3, dtype=np.float32)
-        pairs.append((background, _ink_colour(rng, background, min_distance)))
+        pairs.append((background, ink_colour(rng, background, min_distance)))
     palette = np.asarray(pairs, dtype=np.float32)
     palette.flags.writeable = False
     return palette
@@ -168,7 +168,18 @@ def _digit_alpha(digit: np.ndarray, side: int, angle_deg: float) -> np.ndarray:
     return array[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
-def _ink_colour(rng: np.random.Generator, background: np.ndarray, min_distance: float) -> np.ndarray:
+def box_iou(a: BoundingBox, b: BoundingBox) -> float:
+    """Intersection over union of two end-exclusive pixel boxes (x0, y0, x1, y1)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def ink_colour(rng: np.random.Generator, background: np.ndarray, min_distance: float) -> np.ndarray:
     """A random colour at least `min_distance` from `background`, else the farthest of the candidates drawn."""
     candidates = rng.random((16, 3), dtype=np.float32)
     distances = np.linalg.norm(candidates - background, axis=1)
@@ -205,7 +216,7 @@ def paste_digit(
     weights = alpha[..., None]
     background_under_ink = (weights * region).sum(axis=(0, 1)) / weights.sum()
     if ink is None:
-        ink = _ink_colour(rng, background_under_ink, style.min_colour_distance)
+        ink = ink_colour(rng, background_under_ink, style.min_colour_distance)
     region[...] = (1.0 - weights) * region + weights * ink
     return x0, y0, x0 + box_w, y0 + box_h
 

@@ -35,6 +35,7 @@ from PIL import Image
 from mec.digits import (
     BoundingBox,
     DigitStyle,
+    box_iou,
     colour_palette,
     digit_style,
     load_source_digits,
@@ -76,17 +77,6 @@ class Scene:
 
     image: np.ndarray
     objects: tuple[SceneObject, ...]
-
-
-def box_iou(a: BoundingBox, b: BoundingBox) -> float:
-    """Intersection over union of two end-exclusive pixel boxes."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
 
 
 def render_scene(

@@ -99,14 +99,19 @@ def read_frames(paths: Sequence[Path]) -> list[np.ndarray]:
     return frames
 
 
-def _numeric_rows(path: Path, min_columns: int, expected: str) -> np.ndarray:
-    """A text file of numbers, one row per non-empty line (commas, tabs or spaces between them), as float64."""
+def _read_text(path: Path) -> str:
+    """A text file's content; a missing or unreadable file is a TrackingDataError naming it."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise TrackingDataError(f"{path}: missing file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise TrackingDataError(f"{path}: cannot read it ({error})") from None
+
+
+def _numeric_rows(path: Path, min_columns: int, expected: str) -> np.ndarray:
+    """A text file of numbers, one row per non-empty line (commas, tabs or spaces between them), as float64."""
+    text = _read_text(path)
     rows: list[list[float]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -529,12 +534,7 @@ def read_mots_file(
     (height, width) when given, and an RLE that decodes to exactly that many pixels. A bad line is a
     TrackingDataError naming the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise TrackingDataError(f"{path}: missing file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TrackingDataError(f"{path}: cannot read it ({error})") from None
+    text = _read_text(path)
     expected = MOTS_COLUMNS + (" [score]" if scores else "")
     objects = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -655,12 +655,7 @@ class PosetrackVideo:
 
 
 def _json_file(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise TrackingDataError(f"{path}: missing file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TrackingDataError(f"{path}: cannot read it ({error})") from None
+    text = _read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

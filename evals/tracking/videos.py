@@ -47,8 +47,10 @@ from evals.tracking.datasets import (
 from mec.digits import (
     BoundingBox,
     DigitStyle,
+    box_iou,
     colour_palette,
     digit_style,
+    ink_colour,
     load_source_digits,
     paste_digit,
     split_sources,
@@ -99,23 +101,6 @@ class Video:
     frames: np.ndarray
     masks: np.ndarray
     objects: tuple[VideoObject, ...]
-
-
-def _box_iou(a: BoundingBox, b: BoundingBox) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    if width <= 0 or height <= 0:
-        return 0.0
-    inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-def _ink_far_from(rng: np.random.Generator, background: np.ndarray, min_distance: float) -> np.ndarray:
-    """A random colour at least `min_distance` from `background`, else the farthest of the candidates drawn."""
-    candidates = rng.random((16, 3), dtype=np.float32)
-    distances = np.linalg.norm(candidates - background, axis=1)
-    far_enough = np.flatnonzero(distances >= min_distance)
-    return candidates[far_enough[0] if far_enough.size else int(np.argmax(distances))]
 
 
 def _trajectory(
@@ -181,11 +166,11 @@ def render_video(
             box = paste_digit(probe, images[source], rng, style, ink=_INK_PROBE)
             mask = probe[..., 0] > MASK_ALPHA
             if mask.any() and not (mask & occupied).any() and all(
-                _box_iou(box, other[2]) <= max_box_iou for other in sprites
+                box_iou(box, other[2]) <= max_box_iou for other in sprites
             ):
                 occupied |= mask
                 alpha = probe[box[1] : box[3], box[0] : box[2], 0].copy()
-                colour = ink if ink is not None else _ink_far_from(rng, pixels.mean(axis=(0, 1)),
+                colour = ink if ink is not None else ink_colour(rng, pixels.mean(axis=(0, 1)),
                                                                     style.min_colour_distance)
                 sprites.append((source, alpha, box, np.asarray(colour, dtype=np.float32)))
                 break

@@ -379,16 +379,24 @@ def _detections(rng: np.random.Generator, video: Video, canvas: int) -> list[tup
     return detections
 
 
+def _motchallenge_sequence(folder: Path, video: Video, canvas: int) -> Path:
+    """A MOTChallenge sequence folder (MOT and MOTS alike): img1/ with the frames, empty gt/ and det/, seqinfo.ini."""
+    for sub in ("img1", "gt", "det"):
+        (folder / sub).mkdir(parents=True)
+    for t, frame in enumerate(video.frames):
+        _save_jpeg(frame, folder / "img1" / f"{t + 1:06d}.jpg")
+    (folder / "seqinfo.ini").write_text(
+        f"[Sequence]\nname={folder.name}\nimDir=img1\nframeRate={MOT_FRAME_RATE}\nseqLength={len(video.frames)}\n"
+        f"imWidth={canvas}\nimHeight={canvas}\nimExt=.jpg\n")
+    return folder
+
+
 def _write_mot_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
     names = sequence_names("mot", params["n_videos"])
     canvas = params["canvas"]
     boxes = detections = 0
     for index, (name, video) in enumerate(zip(names, render_videos(params), strict=True)):
-        folder = target / params["split"] / name
-        for sub in ("img1", "gt", "det"):
-            (folder / sub).mkdir(parents=True)
-        for t, frame in enumerate(video.frames):
-            _save_jpeg(frame, folder / "img1" / f"{t + 1:06d}.jpg")
+        folder = _motchallenge_sequence(target / params["split"] / name, video, canvas)
         # MOT16/17 gt: frame, id, bb_left, bb_top, width, height (1-based pixels), conf, class (1 pedestrian), vis.
         gt = []
         for t in range(params["frames"]):
@@ -403,16 +411,6 @@ def _write_mot_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
             for frame, (x0, y0, x1, y1), score in _detections(det_rng, video, canvas)
         ]
         (folder / "det" / "det.txt").write_text("".join(det))
-        (folder / "seqinfo.ini").write_text(
-            "[Sequence]\n"
-            f"name={name}\n"
-            "imDir=img1\n"
-            f"frameRate={MOT_FRAME_RATE}\n"
-            f"seqLength={params['frames']}\n"
-            f"imWidth={canvas}\n"
-            f"imHeight={canvas}\n"
-            "imExt=.jpg\n"
-        )
         boxes += len(gt)
         detections += len(det)
     return {"videos": len(names), "frames": len(names) * params["frames"], "boxes": boxes, "detections": detections}
@@ -565,11 +563,6 @@ def digit_head_box(box: Sequence[float]) -> list[float]:
     return [round(x0 + fx * width, 2), round(y0 + fy * height, 2), round(fw * width, 2), round(fh * height, 2)]
 
 
-def _seqinfo(name: str, frames: int, canvas: int) -> str:
-    return (f"[Sequence]\nname={name}\nimDir=img1\nframeRate={MOT_FRAME_RATE}\nseqLength={frames}\n"
-            f"imWidth={canvas}\nimHeight={canvas}\nimExt=.jpg\n")
-
-
 def _shifted(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     """`mask` moved by (dx, dy) pixels; what leaves the canvas is cut off."""
     out = np.zeros_like(mask)
@@ -607,11 +600,7 @@ def _write_mots_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
     canvas = params["canvas"]
     masks = detections = 0
     for index, (name, video) in enumerate(zip(names, render_videos(params), strict=True)):
-        folder = target / params["split"] / name
-        for sub in ("img1", "gt", "det"):
-            (folder / sub).mkdir(parents=True)
-        for t, frame in enumerate(video.frames):
-            _save_jpeg(frame, folder / "img1" / f"{t + 1:06d}.jpg")
+        folder = _motchallenge_sequence(target / params["split"] / name, video, canvas)
         # MOTS gt: frame id class_id img_height img_width rle; id = class_id * 1000 + object id; visible pixels only
         gt = [
             MotsObject(t + 1, MOTS_CLASS * 1000 + obj.object_id, MOTS_CLASS, canvas, canvas,
@@ -623,7 +612,6 @@ def _write_mots_tree(target: Path, params: dict[str, Any]) -> dict[str, Any]:
         det = [MotsObject(frame, -1, MOTS_CLASS, canvas, canvas, rle_encode(mask), score).line(with_score=True) + "\n"
                for frame, mask, score in _mots_detections(det_rng, video, canvas)]
         (folder / "det" / "det.txt").write_text("".join(det))
-        (folder / "seqinfo.ini").write_text(_seqinfo(name, params["frames"], canvas))
         masks += len(gt)
         detections += len(det)
     return {"videos": len(names), "frames": len(names) * params["frames"], "masks": masks, "detections": detections}

@@ -162,14 +162,19 @@ class Experiment:
             return None
         return self.scenes_dir(run, fmt)
 
-    def detection_scenes(self) -> dict[str, tuple[str, str]]:
-        """Every scenes folder the evaluations read (its name) -> (a run on its data, format)."""
+    def _generated_folders(self, root_of: Any, kind_of: Any) -> dict[str, tuple[str, str]]:
+        """Every generated-data folder the evaluations read (its name) -> (the first run on its data, what kind of
+        it ``kind_of(evaluation)`` says); ``root_of(evaluation, run)`` is the folder or None."""
         found: dict[str, tuple[str, str]] = {}
         for evaluation in self.evaluations.values():
             for run in evaluation.runs:
-                if (root := self.scenes_root(evaluation.name, run)) is not None:
-                    found.setdefault(root.name, (run, DETECTION_SCENE_RECIPES[evaluation.options["recipe"]]))
+                if (root := root_of(evaluation.name, run)) is not None:
+                    found.setdefault(root.name, (run, kind_of(evaluation)))
         return found
+
+    def detection_scenes(self) -> dict[str, tuple[str, str]]:
+        """Every scenes folder the evaluations read (its name) -> (a run on its data, format)."""
+        return self._generated_folders(self.scenes_root, lambda e: DETECTION_SCENE_RECIPES[e.options["recipe"]])
 
     def detection_inputs(self, evaluation: str, run: str) -> list[str]:
         """What a detection evaluation needs before its job starts: detectron2 installed, its generated data."""
@@ -192,12 +197,7 @@ class Experiment:
 
     def tracking_videos(self) -> dict[str, tuple[str, str]]:
         """Every videos folder the evaluations read (its name) -> (a run on its data, task)."""
-        found: dict[str, tuple[str, str]] = {}
-        for evaluation in self.evaluations.values():
-            for run in evaluation.runs:
-                if (root := self.videos_root(evaluation.name, run)) is not None:
-                    found.setdefault(root.name, (run, evaluation.options["task"]))
-        return found
+        return self._generated_folders(self.videos_root, lambda e: e.options["task"])
 
     def transfer_set_dir(self, run: str, dataset: str) -> Path:
         """The offline miniature of transfer data set ``dataset`` drawn like ``run``'s pretraining digits
@@ -213,12 +213,7 @@ class Experiment:
 
     def transfer_sets(self) -> dict[str, tuple[str, str]]:
         """Every offline transfer set the evaluations read (its folder's name) -> (a run on its data, data set)."""
-        found: dict[str, tuple[str, str]] = {}
-        for evaluation in self.evaluations.values():
-            for run in evaluation.runs:
-                if (root := self.transfer_root(evaluation.name, run)) is not None:
-                    found.setdefault(root.name, (run, evaluation.options["dataset"]))
-        return found
+        return self._generated_folders(self.transfer_root, lambda e: e.options["dataset"])
 
     def generated_inputs(self, evaluation: str, run: str) -> list[str]:
         """The manifests of the offline data an evaluation of ``run`` reads (tracking videos, transfer sets)."""

@@ -67,3 +67,22 @@ def test_inside_a_slurm_allocation_the_work_runs_there_instead_of_a_nested_job(m
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
     result, record = launch(square, 3, spec=LaunchSpec(cluster="slurm"))
     assert result == 6 and record.cluster == "slurm-allocation" and record.job_id == "4242"
+
+
+def test_a_launched_job_computes_with_the_cpus_it_was_given_and_says_so(tmp_path):
+    spec = LaunchSpec(cluster="local", folder=tmp_path, cpus_per_task=1)
+    threads, record = launch("torch:get_num_threads", spec=spec, poll_s=0.2)
+    assert threads == 1
+    assert "CPU budget: 1 intra-op thread (cpus_per_task=1)" in open(record.stderr).read()
+
+
+def test_the_cpu_budget_prefers_slurms_allocation_and_never_exceeds_the_usable_cpus(monkeypatch):
+    from mec import threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    monkeypatch.delenv(threads.SLURM_CPUS, raising=False)
+    assert threads.cpu_budget(4) == (4, "cpus_per_task=4")
+    assert threads.cpu_budget(None) == (8, "all usable CPUs")
+    assert threads.cpu_budget(16) == (8, "cpus_per_task=16, capped at the 8 usable CPUs")
+    monkeypatch.setenv(threads.SLURM_CPUS, "6")
+    assert threads.cpu_budget(4) == (6, "SLURM_CPUS_PER_TASK=6")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import shlex
 import signal
@@ -37,6 +38,7 @@ from typing import Any
 import submitit
 
 CLUSTERS = ("inline", "debug", "local", "slurm")
+JOB_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # every launched job's log lines
 
 
 class LaunchError(RuntimeError):
@@ -159,10 +161,15 @@ class ResumableCall(submitit.helpers.Checkpointable):
     then never imports what the job needs (torch, MLflow).
     """
 
-    def __init__(self, fn: Callable[..., Any] | str) -> None:
+    def __init__(self, fn: Callable[..., Any] | str, cpus_per_task: int | None = None) -> None:
         self.fn = fn
+        self.cpus_per_task = cpus_per_task
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        logging.basicConfig(level=logging.INFO, format=JOB_LOG_FORMAT)
+        from mec.threads import use_cpu_budget
+
+        use_cpu_budget(getattr(self, "cpus_per_task", None))  # a job pickled before the field: all usable CPUs
         return resolve(self.fn)(*args, **kwargs)
 
 
@@ -286,7 +293,7 @@ def interrupts_raise() -> Iterator[None]:
 
 def submit(fn: Callable[..., Any] | str, *args: Any, spec: LaunchSpec, **kwargs: Any) -> submitit.Job:
     """Submit ``fn(*args, **kwargs)`` as a resumable job (``spec.cluster`` is debug, local or slurm)."""
-    return _executor(spec).submit(ResumableCall(fn), *args, **kwargs)
+    return _executor(spec).submit(ResumableCall(fn, spec.cpus_per_task), *args, **kwargs)
 
 
 def attach(spec: LaunchSpec, job_id: str) -> submitit.Job:
@@ -389,7 +396,7 @@ def launch(
         )
         if on_submit is not None:
             on_submit(record)
-        return resolve(fn)(*args, **kwargs), record
+        return ResumableCall(fn, spec.cpus_per_task)(*args, **kwargs), record
 
     job = submit(fn, *args, spec=spec, **kwargs)
     record = record_of(job, spec.cluster)

@@ -70,6 +70,19 @@ def test_a_miniature_run_knows_what_it_stands_for():
     assert finetune.fraction == 0.01 and "split" not in finetune.options
 
 
+def test_the_miniatures_resources_replace_every_jobs_and_an_entry_updates_them():
+    tree = _tree("table7")
+    tree["miniature"]["resources"] = {"cpus_per_task": 1, "mem_mb": 2000, "runtime": 10}
+    tree["miniature"]["pretrain"]["plain"]["resources"] = {"cpus_per_task": 2, "runtime": 20}
+    mini = build_experiment(tree | {"scale": "miniature"})
+    assert mini.run("plain_s0").resources == {"cpus_per_task": 2, "mem_mb": 2000, "runtime": 20}
+    assert mini.run("multi_crop_s0").resources == {"cpus_per_task": 1, "mem_mb": 2000, "runtime": 10}
+    assert mini.evaluation("linear").resources == {"cpus_per_task": 1, "mem_mb": 2000, "runtime": 10}
+    tree["miniature"]["resources"] = 4
+    with pytest.raises(ConfigError, match="miniature.resources: expected a mapping"):
+        build_experiment(tree | {"scale": "miniature"})
+
+
 def test_the_plan_estimates_pretraining_from_the_stated_throughput():
     text = format_plan(build_experiment(_tree("table1")))
     line = next(row for row in text.splitlines() if row.startswith("pretrain mec100_s0"))

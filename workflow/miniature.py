@@ -6,7 +6,8 @@ scale=miniature``). The overlay is merged key by key into the campaign (mappings
 replace, ``null`` removes a key) and may only change what exists: the same run groups, the same evaluations, the
 same grid keys with as many values, the same seeds, so the miniature has the same DAG shape. Its MLflow experiment
 is ``<campaign>-miniature`` and its output ``results/<campaign>-miniature`` unless the overlay names them, so its
-runs never mix with real ones.
+runs never mix with real ones. ``miniature.resources`` (for example one CPU, no GPU) replaces the resources of
+every run group and evaluation; an entry's own ``resources`` update them.
 
 Each miniature run remembers what it stands for: the campaign's values of every pretraining parameter and
 evaluation option it changed (`nominal_values`), logged as the run's ``mec.nominal`` tag. The paper's tables read
@@ -68,6 +69,20 @@ def _check_same_shape(campaign: Mapping[str, Any], overlay: Mapping[str, Any]) -
                                       f"keys and their number of values ({ {k: len(v) for k, v in base.items()} })")
 
 
+def _give_resources(mini: dict[str, Any], overlay: Mapping[str, Any], resources: Any) -> None:
+    """``miniature.resources`` replace the resources of every run group and evaluation (the campaign's GPUs and
+    nodes mean nothing on the machine a miniature runs on); an overlay entry's own resources update them."""
+    if not isinstance(resources, Mapping):
+        raise ConfigError(f"miniature.resources: expected a mapping of resources (cpus_per_task, mem_mb, ...), "
+                          f"got {resources!r}")
+    for section in ("pretrain", "evaluate"):
+        for name, spec in (mini.get(section) or {}).items():
+            own = (overlay.get(section) or {}).get(name)
+            own = own.get("resources") if isinstance(own, Mapping) else None
+            if isinstance(spec, dict):
+                spec["resources"] = copy.deepcopy({**resources, **(own or {})})
+
+
 def miniature_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
     """The experiment tree of a campaign's miniature (``tree`` with its ``miniature:`` block applied)."""
     overlay = tree.get("miniature")
@@ -76,7 +91,11 @@ def miniature_tree(tree: Mapping[str, Any]) -> dict[str, Any]:
                           "(workflow/experiments/table*.yaml have one)")
     campaign = full_tree(tree)
     _check_same_shape(campaign, overlay)
+    overlay = dict(overlay)
+    resources = overlay.pop("resources", None)
     mini = _merge(campaign, overlay, "")
+    if resources is not None:
+        _give_resources(mini, overlay, resources)
     mini.setdefault("experiment", campaign["experiment"])
     if "experiment" not in overlay:
         mini["experiment"] = f"{campaign['experiment']}-miniature"

@@ -31,6 +31,16 @@ FEATURE_SPLITS: dict[str, tuple[str, ...]] = {
 DETECTION_SCENE_RECIPES: dict[str, str] = {"digits_voc": "voc", "digits_coco": "coco"}
 
 
+# The data sets an experiment names folders for (its ``datasets`` keys) -> the `mec.data` name each is read as:
+# a pretraining run's ``data.name`` and what option ``dataset`` of the classifier protocols reads instead of it.
+DATA_NAMES = {"imagenet": "imagefolder", "places365": "places365", "cifar10": "cifar10", "cifar100": "cifar100"}
+# The protocols training a classifier on a labelled data set (`evals.supervised`): the pretraining run's, or with
+# option ``dataset`` (a `DATA_NAMES` key) another one, read with the run's image size and augment recipe.
+CLASSIFIER_PROTOCOLS = ("linear_probe", "finetune")
+# Those the DAG renders offline from the digits (`evals.transfer_sets`) for runs on the digits when the experiment
+# names no folder for them: ``datasets`` key -> the generated set's name.
+GENERATED_PROBE_SETS = {"imagenet": "ImageNet"}
+
 # The data sets of the transfer protocols (paper Table 8, `evals.transfer.DATASETS` reads each), in its order.
 TRANSFER_DATASETS = ("Food101", "CIFAR10", "CIFAR100", "SUN397", "Cars", "Aircraft", "VOC2007", "DTD", "Pets",
                      "Caltech101", "Flowers")

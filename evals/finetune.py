@@ -3,7 +3,8 @@
 ImageNet: SimCLR's 1% / 10% lists (``split`` option, checked against the published checksum when the split
 is resolved, `evals.splits.resolve_split`), SGD batch 1024, momentum 0.9, wd 0, base lr 0.05 (x batch/256),
 50 epochs, the probe's augmentations; top-1 and top-5. CIFAR and the offline digits use class-balanced
-subsets written once by the workflow (`evals.splits`), at their own scale.
+subsets written once by the workflow (`evals.splits`), at their own scale. ``dataset`` and ``root`` fine-tune on
+another data set than the pretraining one, as the linear probe's (`evals.supervised.probe_data`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from mec import checkpoint as ckpt
-from mec.config import Config, build_config
+from mec.config import Config, DataConfig, build_config
 from mec.models import build_backbone
 from mec.run import logged_run
 from mec.tracking import RunLogger
@@ -46,9 +46,9 @@ class EvalJob:
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)
 
-    def data_options(self) -> dict[str, Any]:
-        """Keyword arguments of `mec.data.build_eval_dataset` for the pretraining run's data set."""
-        data = self.cfg.data
+    def data_options(self, data: DataConfig | None = None) -> dict[str, Any]:
+        """Keyword arguments of `mec.data.build_eval_dataset` for ``data`` (default: the pretraining run's)."""
+        data = data or self.cfg.data
         return {"download": data.download, "digits_params": data.digits_params(),
                 "verify_checksums": data.verify_checksums}
 

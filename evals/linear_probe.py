@@ -4,7 +4,9 @@ ImageNet (reference.md §3): LARS-wrapped SGD (trust 0.001, no clipping), moment
 lr 0.03 x batch/256, 100 epochs, cosine per epoch; RandomResizedCrop(224) + flip / Resize(256) + CenterCrop(224).
 CIFAR keeps the recipe at batch 256; the offline digits, with 6 steps per epoch, use plain SGD (see DEFAULTS).
 Options override any recipe field (``epochs``, ``batch_size``, ``base_lr``, ``lars``, ...); ``split`` names a
-label-subset file (few-label probe).
+label-subset file (few-label probe); ``dataset`` (imagenet, places365, cifar10, cifar100) probes that data set,
+read from ``root``, instead of the pretraining one, with the run's image size and augment recipe (paper Table 9:
+a Places365 backbone probed on ImageNet; `evals.supervised.probe_data`).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 One resumable loop: a backbone loaded strictly from the pretraining run, a classification head, SGD (optionally
 wrapped in LARS), cosine decay per epoch, an atomic checkpoint per epoch, top-1/top-5 on the validation split
-after every epoch, everything logged into the evaluation's MLflow run. Under DDP (torchrun or SLURM tasks)
-each rank trains on its share; validation runs on rank 0. The process group, seeds, run logger (FAILED on any
-error) and resuming are pretraining's scaffold (`mec.run`): `setup_classifier` builds and resumes,
-`train_classifier_epoch` trains, `validate_and_checkpoint` scores, logs and saves.
+after every epoch, everything logged into the evaluation's MLflow run. The data set is the pretraining run's, or
+with option ``dataset`` (a key of `evals.DATA_NAMES`) the one at option ``root`` (`probe_data`). Under DDP
+(torchrun or SLURM tasks) each rank trains on its share; validation runs on rank 0. The process group, seeds, run
+logger (FAILED on any error) and resuming are pretraining's scaffold (`mec.run`): `setup_classifier` builds and
+resumes, `train_classifier_epoch` trains, `validate_and_checkpoint` scores, logs and saves.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from evals import DATA_NAMES
 from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import resolve_split
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform, probe_train_transform
+from mec.config import DataConfig
 from mec.data import build_eval_dataset, build_loader
 from mec.run import JobProcess, job_process, logged_run, resume_latest
 from mec.tracking import RunLogger
 
 log = logging.getLogger(__name__)
+# Options naming what the classifier reads rather than how it trains: a label subset, another data set and its folder.
+DATA_OPTIONS = ("split", "dataset", "root")
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,9 @@ class Recipe:
     @classmethod
     def from_options(cls, defaults: dict[str, Any], options: dict[str, Any], finetune: bool) -> Recipe:
         known = {f for f in cls.__dataclass_fields__ if f != "finetune"}
-        unknown = sorted(set(options) - known - {"split", "topk"})
+        unknown = sorted(set(options) - known - {*DATA_OPTIONS, "topk"})
         if unknown:
-            raise ValueError(f"unknown options {unknown}; allowed: {sorted(known | {'split'})}")
+            raise ValueError(f"unknown options {unknown}; allowed: {sorted(known | set(DATA_OPTIONS))}")
         values = defaults | {k: v for k, v in options.items() if k in known}
         return cls(**values, finetune=finetune)
 
@@ -152,8 +157,10 @@ def train_classifier(job: EvalJob, recipe: Recipe, prefix: str) -> dict[str, flo
         with logged_run(job.open_logger if proc.main else None) as logger:
             run = setup_classifier(job, recipe, prefix, proc)
             if logger is not None:
-                logger.try_("log the backbone check", logger.set_tags,
-                            {f"{prefix}.backbone_keys_loaded": run.backbone_check})
+                data = probe_data(job)
+                logger.try_("log the backbone check and the data read", logger.set_tags,
+                            {f"{prefix}.backbone_keys_loaded": run.backbone_check,
+                             f"{prefix}.data": f"{data.name} {data.root}"})
             top1 = top5 = math.nan
             for epoch in range(run.start_epoch, recipe.epochs):
                 train_loss, lr = train_classifier_epoch(run, epoch)
@@ -169,13 +176,28 @@ def train_classifier(job: EvalJob, recipe: Recipe, prefix: str) -> dict[str, flo
             return metrics
 
 
+def probe_data(job: EvalJob) -> DataConfig:
+    """The data the classifier reads: the pretraining run's, or with option ``dataset`` (a `DATA_NAMES` key) that
+    data set at option ``root`` (the workflow fills it from the experiment's ``datasets.<key>``), never downloaded,
+    with the run's image size and augment recipe (Table 9: a Places365 backbone probed on ImageNet)."""
+    data, key = job.cfg.data, job.option("dataset", None)
+    if key is None:
+        return data
+    if key not in DATA_NAMES:
+        raise ValueError(f"options.dataset: {key!r} is not one of {list(DATA_NAMES)}")
+    root = job.option("root", None)
+    if root is None:
+        raise ValueError(f"options.dataset {key!r} needs options.root: the folder of that data set")
+    return data.model_copy(update={"name": DATA_NAMES[key], "root": str(root), "download": False})
+
+
 def classifier_datasets(job: EvalJob) -> tuple[Dataset, Dataset, int]:
     """The training split (restricted to ``options.split`` when given), the validation split, the class count."""
-    data = job.cfg.data
+    data = probe_data(job)
     train_set = build_eval_dataset(data.name, data.root, probe_train_transform(data.augment, data.image_size),
-                                   "train", **job.data_options())
+                                   "train", **job.data_options(data))
     val_set = build_eval_dataset(data.name, data.root, eval_transform(data.augment, data.image_size), "val",
-                                 **job.data_options())
+                                 **job.data_options(data))
     num_classes = len(train_set.classes)
     split = job.option("split", None)
     if split is not None:

@@ -102,6 +102,30 @@ def test_linear_probe_reads_real_cifar_batches_from_elsewhere_with_checksums_off
     assert MlflowClient(checked.tracking_uri).get_run(checked.run_id).info.status == "FAILED"
 
 
+@pytest.mark.parametrize("protocol", ["linear_probe", "finetune"])
+def test_option_dataset_trains_and_scores_on_another_data_set_than_the_pretraining_one(tmp_path, folder, protocol):
+    """Table 9's ImageNet column: a backbone pretrained on Places365 (class folders) probed on an ImageFolder tree,
+    read at the run's image size with its augment recipe; the data read is tagged on the run."""
+    config = _config({"name": "places365", "root": str(folder)})  # 12 images per class
+    backbone = _backbone(tmp_path / "b.pt", config)
+    imagenet = write_image_folder(tmp_path / "imagenet", per_class=5, size=16)
+    extra = {"split": str(write_split(tmp_path / "s.txt", ["disc/000.png", "bar/001.png", "bar/002.png"]))} \
+        if protocol == "finetune" else {}
+    job = _job(tmp_path, protocol, config, backbone, dataset="imagenet", root=str(imagenet), epochs=1, batch_size=4,
+               **extra)
+    metrics = run_protocol(job)
+    prefix = "linear" if protocol == "linear_probe" else "finetune"
+    assert metrics[f"{prefix}/train_images"] == (3 if extra else 10)  # the ImageNet tree's, not Places365's 24
+    assert 0.0 <= metrics[f"{prefix}/top1_last"] <= 1.0
+    assert MlflowClient(job.tracking_uri).get_run(job.run_id).data.tags[f"{prefix}.data"] == f"imagefolder {imagenet}"
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ValueError, match=r"options.dataset: 'imagenet1k' is not one of \['imagenet', 'places365'"):
+        run_protocol(_job(tmp_path / "bad", protocol, config, backbone, dataset="imagenet1k", root=str(imagenet),
+                          epochs=1, **extra))
+    with pytest.raises(ValueError, match="options.dataset 'imagenet' needs options.root"):
+        run_protocol(_job(tmp_path / "bad", protocol, config, backbone, dataset="imagenet", epochs=1, **extra))
+
+
 def test_a_backbone_file_with_missing_keys_fails_loudly(tmp_path, folder):
     config = _config({"name": "imagefolder", "root": str(folder)})
     broken = _backbone(tmp_path / "broken.pt", config, drop="layer4.")

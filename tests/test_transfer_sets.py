@@ -14,6 +14,7 @@ import torchvision.datasets.cifar
 import torchvision.datasets.flowers102
 from conftest import TINY_MODEL
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from torchvision import transforms as T
 
 from evals import run_protocol, transfer_sets
@@ -59,7 +60,8 @@ def _expected_images(name: str, split: str, classes: int) -> int:
 
 def test_the_names_are_those_of_the_transfer_protocol():
     assert TRANSFER_SET_NAMES == tuple(DATASETS) and len(TRANSFER_SET_NAMES) == 11
-    assert set(CLASS_COUNTS) == set(DATASETS)
+    assert set(CLASS_COUNTS) == set(DATASETS) | {"ImageNet"}  # and the probe's ImageNet stand-in
+    assert transfer_sets.PROBE_SET_NAMES == ("ImageNet",)
 
 
 @pytest.mark.parametrize("name", TRANSFER_SET_NAMES)
@@ -115,11 +117,33 @@ def test_training_images_show_training_digits_and_test_images_held_out_ones(tmp_
     write_transfer_set("DTD", tmp_path / "dtd", classes=12, n_train=2, n_val=2, n_test=2)  # colour variants
     write_transfer_set("CIFAR10", tmp_path / "cifar", classes=3, n_train=2, n_test=2)  # render_digit_image
     write_transfer_set("SUN397", tmp_path / "sun", classes=3, n_train=2, n_test=2)  # no official split
+    write_transfer_set("ImageNet", tmp_path / "imagenet", classes=3, n_train=2, n_test=2)  # val/: test images
     pool_of = {"train": "train", "val": "train", "test": "val", "all": "val"}
     assert {split for split, _ in drawn} == set(pool_of)
     for split, digit in drawn:
         sources = np.flatnonzero((images == digit).all(axis=(1, 2)))
         assert np.isin(sources, pools[pool_of[split]]).any(), split
+
+
+def test_the_imagenet_stand_in_is_an_image_folder_tree_drawn_unlike_the_pretraining_digits(tmp_path):
+    """What a probe with ``dataset: imagenet`` reads for a digits run: ImageNet's train/<wnid>/*.JPEG and
+    val/<wnid>/*.JPEG, at the run's image size, in other colours and with texture than the run's digits."""
+    from mec.config import load_config
+
+    data = load_config("digits", []).data
+    params = transfer_sets.generated_set_params("ImageNet", data)
+    assert params["size"] == data.image_size and params["seed"] == data.digits.seed
+    assert params["palette_size"] != data.digits.options["palette_size"] and params["texture_strength"] > 0
+    assert transfer_sets.generated_set_params("DTD", data).get("palette_size") == data.digits.options["palette_size"]
+    root = transfer_sets.write_imagenet(tmp_path / "imagenet", **params | {"n_train": 2, "n_test": 1})
+    for split, per_class in (("train", 2), ("val", 1)):
+        folders = sorted(p.name for p in (root / split).iterdir())
+        assert folders == [f"n{c:08d}" for c in range(10)]
+        files = sorted((root / split).glob("*/*.JPEG"))
+        assert len(files) == 10 * per_class and Image.open(files[0]).size == (data.image_size, data.image_size)
+    assert (root / "train" / "n00000007" / "n00000007_1.JPEG").is_file()
+    assert (root / "LOC_synset_mapping.txt").read_text().splitlines()[7] == "n00000007 seven"
+    assert json.loads((root / MANIFEST_NAME).read_text())["counts"] == {"train": 20, "val": 10}
 
 
 def test_the_same_parameters_write_the_same_bytes_and_other_parameters_replace_the_tree(tmp_path):

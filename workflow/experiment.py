@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evals import DETECTION_SCENE_RECIPES, FEATURE_SPLITS, PROTOCOLS, TRACKING_TASKS, TRANSFER_DATASETS
+from evals import (
+    CLASSIFIER_PROTOCOLS,
+    DATA_NAMES,
+    DETECTION_SCENE_RECIPES,
+    FEATURE_SPLITS,
+    GENERATED_PROBE_SETS,
+    PROTOCOLS,
+    TRACKING_TASKS,
+    TRANSFER_DATASETS,
+)
 from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
 TRANSFER_PROTOCOLS = ("transfer", "transfer_finetune")  # the protocols reading a data set of paper Table 8
 # A pretraining run's data (`data.name`) -> the ``datasets`` key of its folder.
-PRETRAIN_DATASETS = {"imagefolder": "imagenet", "places365": "places365", "cifar10": "cifar10", "cifar100": "cifar100"}
+PRETRAIN_DATASETS = {name: key for key, name in DATA_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -204,19 +213,39 @@ class Experiment:
         (`evals.transfer_sets`), in the layout torchvision reads for it."""
         return self._digits_data_dir(run, "transfer", dataset)
 
-    def transfer_root(self, evaluation: str, run: str) -> Path | None:
-        """The DAG-written transfer set a transfer evaluation of ``run`` without a root reads, else None."""
+    def probe_dataset(self, evaluation: str) -> str | None:
+        """The ``datasets`` key a classifier evaluation (linear probe, fine-tuning) reads instead of its runs' own
+        data (option ``dataset``), else None."""
         spec = self.evaluation(evaluation)
+        return spec.options.get("dataset") if spec.protocol in CLASSIFIER_PROTOCOLS else None
+
+    def probe_root(self, evaluation: str, run: str) -> Path | None:
+        """The folder a classifier evaluation of ``run`` with option ``dataset`` reads: ``datasets.<key>``, else
+        the DAG-written stand-in (`transfer_root`); None without the option."""
+        key = self.probe_dataset(evaluation)
+        if key is None:
+            return None
+        return Path(self.datasets[key]) if key in self.datasets else self.transfer_root(evaluation, run)
+
+    def transfer_root(self, evaluation: str, run: str) -> Path | None:
+        """The DAG-written set an evaluation of ``run`` reads, else None: the transfer set of a transfer evaluation
+        without a root, the stand-in (`evals.GENERATED_PROBE_SETS`) of a classifier evaluation whose ``dataset``
+        has no folder in ``datasets``."""
+        spec = self.evaluation(evaluation)
+        key = self.probe_dataset(evaluation)
+        if key is not None and key not in self.datasets:
+            return self.transfer_set_dir(run, GENERATED_PROBE_SETS[key])
         if spec.protocol not in TRANSFER_PROTOCOLS or "root" in spec.options:
             return None
         return self.transfer_set_dir(run, spec.options["dataset"])
 
     def transfer_sets(self) -> dict[str, tuple[str, str]]:
-        """Every offline transfer set the evaluations read (its folder's name) -> (a run on its data, data set)."""
-        return self._generated_folders(self.transfer_root, lambda e: e.options["dataset"])
+        """Every offline set the evaluations read (its folder's name) -> (a run on its data, the set's name)."""
+        return self._generated_folders(self.transfer_root, _generated_set_name)
 
     def generated_inputs(self, evaluation: str, run: str) -> list[str]:
-        """The manifests of the offline data an evaluation of ``run`` reads (tracking videos, transfer sets)."""
+        """The manifests of the offline data an evaluation of ``run`` reads (tracking videos, transfer sets, probe
+        stand-ins)."""
         roots = (self.videos_root(evaluation, run), self.transfer_root(evaluation, run))
         return [str(root / "manifest.json") for root in roots if root is not None]
 
@@ -254,7 +283,17 @@ class Experiment:
             for key in ("root", "split", "unitrack"):
                 if isinstance(evaluation.options.get(key), str):
                     roots.setdefault(f"evaluate.{evaluation.name}.options.{key}", Path(evaluation.options[key]))
+            if (dataset := self.probe_dataset(evaluation.name)) in self.datasets:
+                roots.setdefault(f"evaluate.{evaluation.name}.options.dataset (datasets.{dataset})",
+                                 Path(self.datasets[dataset]))
         return roots
+
+
+def _generated_set_name(evaluation: Evaluation) -> str:
+    """The name of the offline set (`evals.transfer_sets`) an evaluation reads when the DAG writes it."""
+    if evaluation.protocol in CLASSIFIER_PROTOCOLS:
+        return GENERATED_PROBE_SETS[evaluation.options["dataset"]]
+    return evaluation.options["dataset"]
 
 
 def _as_override_value(value: Any) -> str:
@@ -345,6 +384,29 @@ def _transfer_options(name: str, options: dict[str, Any], datasets: Mapping[str,
     return options | {"root": str(Path(datasets["transfer"]) / dataset)}
 
 
+def _probe_options(name: str, options: dict[str, Any], datasets: Mapping[str, str],
+                   fraction: float | None) -> dict[str, Any]:
+    """A classifier evaluation's ``dataset`` option checked: a `evals.DATA_NAMES` key whose folder the experiment's
+    ``datasets`` block names, or one the DAG renders for runs on the digits (`evals.GENERATED_PROBE_SETS`;
+    `_check_offline_data` checks the runs). The folder is ``datasets.<key>`` alone: no ``root`` beside it."""
+    dataset = options.get("dataset")
+    if dataset is None:
+        return options
+    if dataset not in DATA_NAMES:
+        raise ConfigError(f"evaluate.{name}.options.dataset: {dataset!r} is not one of {list(DATA_NAMES)}")
+    if dataset not in datasets and dataset not in GENERATED_PROBE_SETS:
+        named = [key for key in DATA_NAMES if key in datasets]
+        raise ConfigError(f"evaluate.{name}.options.dataset: {dataset!r} has no folder in the experiment's datasets "
+                          f"block; set datasets.{dataset}, or name one of {named}")
+    if "root" in options:
+        raise ConfigError(f"evaluate.{name}.options.root: a probe reads options.dataset's folder from "
+                          f"datasets.{dataset}; set that instead")
+    if fraction is not None and "split" not in options:
+        raise ConfigError(f"evaluate.{name}.fraction: the label subset is drawn from the runs' own data, not "
+                          f"options.dataset {dataset!r}; give options.split (a file of that data set's images)")
+    return options
+
+
 def _split_option(options: dict[str, Any], datasets: Mapping[str, str]) -> dict[str, Any]:
     """A label split named by its file alone (SimCLR's ``1percent.txt``) is read from ``datasets.simclr_splits``."""
     split = options.get("split")
@@ -373,21 +435,24 @@ def _tracking_options(name: str, options: dict[str, Any], datasets: Mapping[str,
 
 
 def _check_offline_data(experiment: Experiment) -> None:
-    """Tracking and transfer evaluations without a data root read offline data drawn from the pretraining digits:
-    only runs on the digits have them."""
+    """Tracking, transfer and probe evaluations without a data folder read offline data drawn from the pretraining
+    digits: only runs on the digits have them."""
     for evaluation in experiment.evaluations.values():
+        probed = experiment.probe_dataset(evaluation.name)
         if evaluation.protocol == "tracking" and not {"root", "videos"} & set(evaluation.options):
             task = TRACKING_TASKS[evaluation.options["task"]]
-            key, what = task.datasets_key, f"the {task.benchmark} folder"
+            key, what, root = task.datasets_key, f"the {task.benchmark} folder", " or options.root"
         elif evaluation.protocol in TRANSFER_PROTOCOLS and "root" not in evaluation.options:
-            key, what = "transfer", f"the folder holding {evaluation.options['dataset']}/"
+            key, what, root = "transfer", f"the folder holding {evaluation.options['dataset']}/", " or options.root"
+        elif probed is not None and probed not in experiment.datasets:
+            key, what, root = probed, f"the folder options.dataset {probed!r} reads", ""  # no root beside it
         else:
             continue
         for run in evaluation.runs:
             data = experiment.config_for(run).data.name
             if data != "digits":
                 raise ConfigError(f"evaluate.{evaluation.name}: run {run} is pretrained on {data!r}, not the offline "
-                                  f"digits; set datasets.{key} ({what}) or options.root")
+                                  f"digits; set datasets.{key} ({what}){root}")
 
 
 def _under(root: Path, folder: str) -> Path:
@@ -466,6 +531,8 @@ def _build(tree: Mapping[str, Any], root: Path, check_files: bool = True) -> Exp
                 options = _tracking_options(eval_name, options, datasets)
             if protocol in TRANSFER_PROTOCOLS:
                 options = _transfer_options(eval_name, options, datasets)
+            if protocol in CLASSIFIER_PROTOCOLS:
+                options = _probe_options(eval_name, options, datasets, spec.get("fraction"))
             options = _split_option(options, datasets)
             evaluations[expanded_name] = Evaluation(
                 name=expanded_name,

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from evals import TRACKING_TASKS, TRANSFER_DATASETS
+from evals import GENERATED_PROBE_SETS, TRACKING_TASKS, TRANSFER_DATASETS
 from workflow.experiment import Experiment, build_experiment
 from workflow.launch import (
     SLURM_ACTIVE_STATES,
@@ -378,10 +378,11 @@ def _parser() -> argparse.ArgumentParser:
     videos.add_argument("--run", required=True, help="a pretraining run on the data the videos are drawn like")
     videos.add_argument("--task", required=True, choices=sorted(TRACKING_TASKS))
     videos.add_argument("--output", required=True, help="the videos' manifest (must be the one the experiment names)")
-    tset = sub.add_parser("transfer-set", help="write the offline miniature of a transfer data set for a run")
+    tset = sub.add_parser("transfer-set", help="write the offline miniature of a transfer data set (or of a data set "
+                          "a probe reads instead of its run's) for a run")
     tset.add_argument("--config", required=True, help="the experiment config as JSON")
     tset.add_argument("--run", required=True, help="a pretraining run on the data the set is drawn like")
-    tset.add_argument("--dataset", required=True, choices=TRANSFER_DATASETS)
+    tset.add_argument("--dataset", required=True, choices=(*TRANSFER_DATASETS, *GENERATED_PROBE_SETS.values()))
     tset.add_argument("--output", required=True, help="the set's manifest (must be the one the experiment names)")
     feat = sub.add_parser("features", help="extract one run's backbone features on one split")
     feat.add_argument("--config", required=True, help="the experiment config as JSON")

@@ -131,9 +131,10 @@ def start_evaluation_run(tree: dict[str, Any], tracking_uri: str, evaluation: st
     options = dict(spec.options)
     if spec.fraction is not None and "split" not in options:
         options["split"] = str(label_split(experiment, run, spec.fraction).resolve())
-    # the DAG-written offline data of the digits detection recipes, tracking tasks and transfer sets
+    # the DAG-written offline data of the digits detection recipes, tracking tasks and transfer sets, or the folder
+    # of the data set a probe reads instead of its run's (option dataset; eval.dataset tells the probes apart)
     generated = (experiment.scenes_root(evaluation, run) or experiment.videos_root(evaluation, run)
-                 or experiment.transfer_root(evaluation, run))
+                 or experiment.transfer_root(evaluation, run) or experiment.probe_root(evaluation, run))
     if generated is not None:
         options["root"] = str(generated.resolve())
     log_params(client, run_id, {f"eval.{k}": v for k, v in options.items()}
@@ -265,13 +266,13 @@ def detection_scenes(experiment: Experiment, run: str, fmt: str) -> Path:
 
 
 def transfer_set(experiment: Experiment, run: str, dataset: str) -> Path:
-    """The offline miniature of a transfer data set for ``run``'s evaluations (`Experiment.transfer_set_dir`),
-    drawn like its pretraining digits; rewritten only when its parameters change. Returns the manifest."""
-    from evals import pretraining_style
-    from evals.transfer_sets import write_transfer_set
+    """The offline miniature of a transfer data set, or the stand-in of a probe's data set, for ``run``'s
+    evaluations (`Experiment.transfer_set_dir`), drawn like its pretraining digits
+    (`evals.transfer_sets.generated_set_params`); rewritten only when its parameters change. Returns the manifest."""
+    from evals.transfer_sets import generated_set_params, write_transfer_set
     from mec.trees import MANIFEST_NAME
 
-    params = pretraining_style(experiment.config_for(run).data)
+    params = generated_set_params(dataset, experiment.config_for(run).data)
     return write_transfer_set(dataset, experiment.transfer_set_dir(run, dataset), **params) / MANIFEST_NAME
 
 

@@ -411,3 +411,39 @@ def test_a_miniature_run_fills_the_cell_it_stands_for_and_is_marked(tmp_path):
     assert _row(t1, "800", "top1")["ours"] == "60.0 (miniature)" and _row(t1, "100", "top1")["ours"] == "n/a"
     t2 = pd.read_csv(tmp_path / "tables" / "table2_semi_supervised.csv", keep_default_na=False)
     assert _row(t2, "1%", "top1")["ours"] == "41.0 (miniature)"
+
+
+def test_table9_reads_imagenet_from_the_probe_that_read_it_and_places365_from_the_others(tmp_path):
+    """Table 9: one Places365 backbone, two linear probes; the ImageNet cell is the probe logged with
+    ``eval.dataset: imagenet`` (option dataset), the Places365 cell the probe of the pretraining data. A miniature's
+    digits run standing for Places365 (`mec.nominal`) fills both, marked."""
+    import json
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    full = client.create_experiment("mec-table9")
+    places = _run(client, full, "pretrain", {"data.name": "places365", "data.augment": "imagenet"}, {"mec.run": "p"})
+    _run(client, full, "evaluate", {"eval.protocol": "linear_probe"},
+         {"mec.protocol": "linear_probe", "mec.evaluation": "linear"}, {"linear/top1_best": 0.536}, parent=places)
+    imagenet = _run(client, full, "evaluate", {"eval.dataset": "imagenet", "eval.root": "/datasets/imagenet"},
+                    {"mec.protocol": "linear_probe", "mec.evaluation": "linear_imagenet"},
+                    {"linear/top1_best": 0.601}, parent=places)
+    write_tables(experiment_runs("mec-table9", client.tracking_uri), tmp_path / "full")
+    t9 = pd.read_csv(tmp_path / "full" / "table9_places365.csv", dtype=str, keep_default_na=False)
+    assert _row(t9, "MEC", "Places365")["ours"] == "53.6" and _row(t9, "MEC", "ImageNet")["ours"] == "60.1"
+    assert _row(t9, "MEC", "ImageNet")["run_ids"] == imagenet and float(_row(t9, "MEC", "ImageNet")["paper"]) == 59.9
+    assert _row(t9, "MEC", "Places365")["conflict"] == ""  # the ImageNet probe is not a second Places365 recipe
+
+    mini = client.create_experiment("mec-table9-miniature")
+    tags = {"mec.scale": "miniature", "mec.nominal": "{}", "mec.protocol": "linear_probe"}
+    digits = _run(client, mini, "pretrain", {"data.name": "digits", "data.augment": "digits"},
+                  {"mec.run": "places_s0", "mec.scale": "miniature",
+                   "mec.nominal": json.dumps({"data.name": "places365", "data.augment": "imagenet"})})
+    _run(client, mini, "evaluate", {"eval.epochs": 5}, tags | {"mec.evaluation": "linear"},
+         {"linear/top1_best": 0.231}, parent=digits)
+    _run(client, mini, "evaluate", {"eval.epochs": 20, "eval.dataset": "imagenet",
+                                    "eval.root": "/r/data/digit-transfer-ImageNet-digits-0123456789"},
+         tags | {"mec.evaluation": "linear_imagenet"}, {"linear/top1_best": 0.45}, parent=digits)
+    write_tables(experiment_runs("mec-table9-miniature", client.tracking_uri), tmp_path / "mini")
+    t9 = pd.read_csv(tmp_path / "mini" / "table9_places365.csv", dtype=str, keep_default_na=False)
+    assert _row(t9, "MEC", "Places365")["ours"] == "23.1 (miniature)"
+    assert _row(t9, "MEC", "ImageNet")["ours"] == "45.0 (miniature)"

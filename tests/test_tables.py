@@ -447,3 +447,18 @@ def test_table9_reads_imagenet_from_the_probe_that_read_it_and_places365_from_th
     t9 = pd.read_csv(tmp_path / "mini" / "table9_places365.csv", dtype=str, keep_default_na=False)
     assert _row(t9, "MEC", "Places365")["ours"] == "23.1 (miniature)"
     assert _row(t9, "MEC", "ImageNet")["ours"] == "45.0 (miniature)"
+
+
+def test_a_probe_of_another_data_set_never_fills_an_imagenet_linear_cell(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.create_experiment("campaign")
+    pre = _run(client, exp_id, "pretrain", {"data.augment": "imagenet", "data.name": "imagefolder",
+                                            "optim.epochs": 800, "model.projector_hidden": 2048}, {"mec.run": "m"})
+    _run(client, exp_id, "evaluate", {}, {"mec.protocol": "linear_probe", "mec.evaluation": "linear"},
+         {"linear/top1_best": 0.745}, parent=pre)
+    _run(client, exp_id, "evaluate", {"eval.dataset": "places365"},
+         {"mec.protocol": "linear_probe", "mec.evaluation": "linear_places"}, {"linear/top1_best": 0.5}, parent=pre)
+    write_tables(experiment_runs("campaign", client.tracking_uri), tmp_path / "tables")
+    for table, row in (("table1_linear_by_epochs", "800"), ("table7_strategies", "MEC")):
+        cells = pd.read_csv(tmp_path / "tables" / f"{table}.csv", dtype=str, keep_default_na=False)
+        assert _row(cells, row, "top1")["ours"] == "74.5" and _row(cells, row, "top1")["conflict"] == "", table

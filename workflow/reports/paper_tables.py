@@ -175,7 +175,7 @@ def _two_view(df: pd.DataFrame) -> pd.DataFrame:
 
 def table1(ev: pd.DataFrame) -> list[Spec]:
     """ImageNet linear top-1 by pretraining epochs, two views."""
-    linear = _two_view(_no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe"} | IMAGENET)))
+    linear = _two_view(_imagenet_probes(_matching(ev, **{"tag:mec.protocol": "linear_probe"} | IMAGENET)))
     return [(str(e), "top1", _cell(_matching(linear, **{"pre:optim.epochs": e}), "linear/top1_best"))
             for e in (100, 200, 400, 800)]
 
@@ -253,7 +253,7 @@ def table5(ev: pd.DataFrame) -> list[Spec]:
 
     Only keys that take more than one value among the experiment's runs are shown (a grid swept them).
     """
-    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe"}))
+    linear = _imagenet_probes(_matching(ev, **{"tag:mec.protocol": "linear_probe"}))
     knn = _matching(ev, **{"tag:mec.protocol": "knn"})
     rows = []
     for label, key in ABLATIONS:
@@ -270,7 +270,7 @@ def table5(ev: pd.DataFrame) -> list[Spec]:
 
 def table7(ev: pd.DataFrame) -> list[Spec]:
     """800-epoch ImageNet linear top-1: the plain recipe, the large projector (8192-d), multi-crop (local views)."""
-    linear = _no_split(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:optim.epochs": 800} | IMAGENET))
+    linear = _imagenet_probes(_matching(ev, **{"tag:mec.protocol": "linear_probe", "pre:optim.epochs": 800} | IMAGENET))
 
     def numeric(column: str, default: float) -> pd.Series:
         if column not in linear:
@@ -302,6 +302,11 @@ def _probed_on(df: pd.DataFrame, dataset: str, own: bool) -> pd.DataFrame:
         return df if own else df.iloc[0:0]
     probed = df["param:eval.dataset"]
     return df[(probed.astype(str) == dataset) | (probed.isna() if own else False)]
+
+
+def _imagenet_probes(df: pd.DataFrame) -> pd.DataFrame:
+    """Linear probes of ImageNet-pretrained runs on all of ImageNet (no label split, no other data set)."""
+    return _probed_on(_no_split(df), "imagenet", own=True)
 
 
 def table9(ev: pd.DataFrame) -> list[Spec]:

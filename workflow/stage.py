@@ -54,9 +54,18 @@ class StageError(RuntimeError):
     """A stage failed; the message is the one line the rule prints."""
 
 
-def bookkeeping(operation: str, **kwargs: Any) -> Any:
+def bookkeeping(operation: str, *, in_process: bool = False, **kwargs: Any) -> Any:
     """Run ``workflow.stages.<operation>(**kwargs)`` in a child process, which imports MLflow and torch so that
-    this one does not; returns its JSON result."""
+    this one does not; returns its JSON result. ``in_process``: here instead, for the inline launcher, whose job
+    imports both into this process anyway (a child costs some 4 s of imports per call, three calls per job)."""
+    if in_process:
+        from workflow.stages import OPERATIONS
+
+        try:
+            return json.loads(json.dumps(OPERATIONS[operation](**kwargs)))
+        except Exception as exc:
+            raise StageError(f"MLflow bookkeeping ({operation}) failed: {type(exc).__name__}: {one_line(exc)}") \
+                from exc
     with tempfile.TemporaryDirectory(prefix="mec-stage-") as tmp:
         result = Path(tmp) / "result.json"
         proc = subprocess.run([sys.executable, "-m", "workflow.stages", operation, str(result)],
@@ -159,9 +168,10 @@ def run_job(target: str, args: tuple[Any, ...], *, spec: LaunchSpec, run_dir: Pa
                           f"log {record.stdout}", log=record.stderr) from None
 
 
-def tracked(uri: str | None, run_id: str | None, run_dir: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def tracked(uri: str | None, run_id: str | None, run_dir: Path, work: Callable[[], dict[str, Any]],
+            in_process: bool = False) -> dict[str, Any]:
     """Do a stage's work; on any failure or interrupt, end its MLflow run (if it has one) FAILED or KILLED, then
-    re-raise as one line."""
+    re-raise as one line. ``in_process``: as `bookkeeping`'s."""
     try:
         return work()
     except BaseException as exc:
@@ -169,7 +179,8 @@ def tracked(uri: str | None, run_id: str | None, run_dir: Path, work: Callable[[
         reason = one_line(exc) or ("interrupted" if interrupted else type(exc).__name__)
         try:
             if run_id is not None:
-                bookkeeping("fail_run", tracking_uri=uri, run_id=run_id, journal=str(run_dir / "metrics.jsonl"),
+                bookkeeping("fail_run", in_process=in_process, tracking_uri=uri, run_id=run_id,
+                            journal=str(run_dir / "metrics.jsonl"),
                             launches=Launches(run_dir).read(),
                             status="KILLED" if interrupted else "FAILED", reason=str(exc) or reason,
                             log_file=getattr(exc, "log", None))
@@ -219,7 +230,8 @@ def pretrain(experiment_file: str | Path, run: str, output: str | Path, resource
         tags["mec.baseline"] = "random_init"
     if experiment.scale == "miniature":
         tags |= nominal_tags(experiment.nominal_runs.get(run, {}))
-    run_id = bookkeeping("start_pretrain_run", tracking_uri=uri, experiment=experiment.name, run=run,
+    here = experiment.launcher == "inline"
+    run_id = bookkeeping("start_pretrain_run", in_process=here, tracking_uri=uri, experiment=experiment.name, run=run,
                          run_dir=str(run_dir), tags=tags, config=cfg)
     record: LaunchRecord | None = None
 
@@ -234,11 +246,12 @@ def pretrain(experiment_file: str | Path, run: str, output: str | Path, resource
             spec = launch_spec(experiment, resources, run_dir / "submitit", f"pretrain-{run}")
         result, record = run_job(target, args, spec=spec or LaunchSpec(cluster="inline"), run_dir=run_dir,
                                  uri=uri, run_id=run_id)
-        bookkeeping("finish_run", tracking_uri=uri, run_id=run_id, journal=str(run_dir / "metrics.jsonl"),
-                    launches=Launches(run_dir).read(), artifacts={result["backbone"]: "backbone"})
+        bookkeeping("finish_run", in_process=here, tracking_uri=uri, run_id=run_id,
+                    journal=str(run_dir / "metrics.jsonl"), launches=Launches(run_dir).read(),
+                    artifacts={result["backbone"]: "backbone"})
         return result
 
-    result = tracked(uri, run_id, run_dir, work)
+    result = tracked(uri, run_id, run_dir, work, in_process=here)
     out = {"run": run, "run_id": run_id, "backbone": str(Path(result["backbone"]).resolve()), "config": cfg,
            "metrics": result["metrics"], "launch": record.as_dict(), "launches": Launches(run_dir).read()}
     write_json(Path(output), out)
@@ -252,8 +265,9 @@ def evaluate(experiment_file: str | Path, evaluation: str, run: str, pretrain_re
     spec_eval = experiment.evaluation(evaluation)
     pre = json.loads(Path(pretrain_record).read_text())
     out_dir = experiment.eval_dir(evaluation, run)
-    started = bookkeeping("start_evaluation_run", tree=tree, tracking_uri=uri, evaluation=evaluation, run=run,
-                          pretrain_record=str(pretrain_record))
+    here = experiment.launcher == "inline"
+    started = bookkeeping("start_evaluation_run", in_process=here, tree=tree, tracking_uri=uri,
+                          evaluation=evaluation, run=run, pretrain_record=str(pretrain_record))
     run_id = started["run_id"]
     fields = {"protocol": spec_eval.protocol, "backbone": pre["backbone"], "config": pre["config"],
               "output_dir": str(out_dir.resolve()), "feature_cache": str((experiment.output / "features").resolve()),
@@ -267,11 +281,11 @@ def evaluate(experiment_file: str | Path, evaluation: str, run: str, pretrain_re
         spec = launch_spec(experiment, resources, out_dir / "submitit", f"{evaluation}-{run}")
         metrics, record = run_job("workflow.stages:evaluate_job", (fields,), spec=spec, run_dir=out_dir, uri=uri,
                                   run_id=run_id)
-        bookkeeping("finish_run", tracking_uri=uri, run_id=run_id, journal=str(out_dir / "metrics.jsonl"),
-                    launches=Launches(out_dir).read())
+        bookkeeping("finish_run", in_process=here, tracking_uri=uri, run_id=run_id,
+                    journal=str(out_dir / "metrics.jsonl"), launches=Launches(out_dir).read())
         return metrics
 
-    metrics = tracked(uri, run_id, out_dir, work)
+    metrics = tracked(uri, run_id, out_dir, work, in_process=here)
     out = {"evaluation": evaluation, "protocol": spec_eval.protocol, "run": run, "run_id": run_id,
            "pretrain_run_id": pre["run_id"], "metrics": metrics, "launch": record.as_dict(),
            "launches": Launches(out_dir).read()}

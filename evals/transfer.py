@@ -10,7 +10,8 @@ class-balanced 20% of the training split; SUN397 and Caltech-101, which have no 
 seeded split (SUN397: 50/50 per class; Caltech-101: 30 training images per class).
 
 Options: ``dataset`` (a name of `DATASETS`), ``root`` (its folder, as torchvision expects it; no download),
-``C`` (the grid), ``image_size`` (default 224).
+``C`` (the grid), ``image_size`` (default: the pretraining data's image size, 224 for ImageNet backbones, as
+`evals.transfer_finetune`; a 16 px digits backbone read 224 px images 200x slower, at a scale it never saw).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     metric = DATASETS[name].metric
     with job.logged() as logger:  # FAILED if anything below fails
         logger.try_("log the metric name", logger.set_tags, {"transfer.metric": metric, "transfer.dataset": name})
-        train, val, test = _train_val_test(job, name, root, int(job.option("image_size", 224)),
+        train, val, test = _train_val_test(job, name, root, int(job.option("image_size", job.cfg.data.image_size)),
                                            int(job.option("seed", 0)))
         scores = {c: _fit_and_score(metric, train, val, c) for c in grid}
         best_c = max(scores, key=scores.get)

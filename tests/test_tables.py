@@ -462,3 +462,27 @@ def test_a_probe_of_another_data_set_never_fills_an_imagenet_linear_cell(tmp_pat
     for table, row in (("table1_linear_by_epochs", "800"), ("table7_strategies", "MEC")):
         cells = pd.read_csv(tmp_path / "tables" / f"{table}.csv", dtype=str, keep_default_na=False)
         assert _row(cells, row, "top1")["ours"] == "74.5" and _row(cells, row, "top1")["conflict"] == "", table
+
+
+def test_table5_reads_each_knob_from_its_own_sweep_and_averages_the_shared_default(tmp_path):
+    """Two ablation grids, each keeping the other knob at its default: the order rows are the order grid's runs
+    plus the eps grid's run at the default eps (the same recipe: averaged), never the eps grid's other run."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.create_experiment("ablations")
+    base = {"data.augment": "imagenet", "data.name": "imagefolder", "optim.epochs": 100}
+    for name, order, eps, batch, knn in (("order2", 2, 8.0, 1024, 0.60), ("order4", 4, 8.0, 1024, 0.70),
+                                         ("eps8", 4, 8.0, 1024, 0.72), ("eps16", 4, 16.0, 1024, 0.50),
+                                         ("batch256", 4, 8.0, 256, 0.40)):
+        pre = _run(client, exp_id, "pretrain", base | {"loss.order": order, "loss.eps": eps, "optim.batch_size": batch,
+                                                       "derived.lr": 0.05 * batch / 256}, {"mec.run": name})
+        _run(client, exp_id, "evaluate", {}, {"mec.protocol": "knn", "mec.evaluation": "knn"},
+             {"knn/top1_k20": knn}, parent=pre)
+    write_tables(experiment_runs("ablations", client.tracking_uri), tmp_path / "tables")
+    t5 = pd.read_csv(tmp_path / "tables" / "table5_ablations.csv", keep_default_na=False)
+    assert _row(t5, "Taylor order = 2", "kNN top-1")["ours"] == "60.0"
+    default = _row(t5, "Taylor order = 4", "kNN top-1")
+    assert default["runs"] == 2 and default["conflict"] == ""  # order4 and eps8: one recipe
+    assert default["ours"] == "71.0 +- 1.4"
+    assert _row(t5, "eps = 16.0", "kNN top-1")["ours"] == "50.0"
+    assert _row(t5, "batch size = 256", "kNN top-1")["ours"] == "40.0"
+    assert _row(t5, "batch size = 1024", "kNN top-1")["runs"] == 2

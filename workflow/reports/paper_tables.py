@@ -95,10 +95,11 @@ def _as_nominal(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
 
 
 # What a run's recipe is, for deciding which runs are seeds of one cell. Not recipe: the seeds themselves (the
-# spread a cell shows), where a run wrote, how it was named, tracked and logged.
+# spread a cell shows), where a run wrote, how it was named, tracked and logged, and the values derived from the
+# recipe (`derived.lr` of the batch size: a miniature run's are its own, while its keys read as the campaign's).
 PRETRAIN_NOT_RECIPE = ("train.seed", "train.output_dir", "tracking.", "name", "source", "train.log_every",
                        "train.checkpoint_keep", "train.stop_after_steps", "data.num_workers",
-                       "data.verify_checksums")
+                       "data.verify_checksums", "derived.")
 EVAL_NOT_RECIPE = ("eval.seed", "eval.backbone")
 PRETRAIN_RECIPE_TAGS = ("mec.source_backbone_sha256",)  # an imported backbone is its own recipe
 
@@ -248,16 +249,31 @@ ABLATIONS = (
 )
 
 
+def _swept(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of runs in a sweep of ``column``: runs whose recipe, ``column`` aside, is shared by a run at
+    another value of ``column``. An ablation grid keeps every other knob at its default, so the eps grid's
+    eps = 4 run is no row of the order ablation; the default recipe, in every grid, is one recipe whose runs a
+    cell averages."""
+    if df.empty or column not in df:
+        return df.iloc[0:0]
+    recipe = _recipe(df)
+    rest = recipe[[c for c in recipe if c != column]].agg("|".join, axis=1)
+    values = df[column].astype(str).groupby(rest).transform("nunique")
+    return df[values >= 2]
+
+
 def table5(ev: pd.DataFrame) -> list[Spec]:
-    """Ablations: every value of each swept key, linear top-1 and kNN top-1 of the runs with that value.
+    """Ablations: every value of each swept key, linear top-1 and kNN top-1 of the runs of its sweeps with that
+    value (`_swept`).
 
     Only keys that take more than one value among the experiment's runs are shown (a grid swept them).
     """
-    linear = _imagenet_probes(_matching(ev, **{"tag:mec.protocol": "linear_probe"}))
-    knn = _matching(ev, **{"tag:mec.protocol": "knn"})
+    all_linear = _imagenet_probes(_matching(ev, **{"tag:mec.protocol": "linear_probe"}))
+    all_knn = _matching(ev, **{"tag:mec.protocol": "knn"})
     rows = []
     for label, key in ABLATIONS:
         column = f"pre:{key}"
+        linear, knn = _swept(all_linear, column), _swept(all_knn, column)
         values = sorted({str(v) for df in (linear, knn) if column in df for v in df[column].dropna()})
         if len(values) < 2:
             continue

@@ -184,7 +184,6 @@ def fail_run(tracking_uri: str, run_id: str, journal: str, launches: list[dict[s
 
 def pretrain_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Body of a pretraining job (run by submitit): resume or start, export the backbone."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mec.config import build_config
     from mec.train import pretrain
 
@@ -215,7 +214,6 @@ def random_init_job(config_tree: dict[str, Any], run_id: str) -> dict[str, Any]:
 def features_job(backbone: str, config_tree: dict[str, Any], split: str, output: str) -> dict[str, Any]:
     """Body of a features job: ``split``'s frozen features under ``backbone``, written atomically to ``output``
     with what they were computed from (`evals.features.write_features`)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from evals.features import write_features
     from mec.config import build_config
 
@@ -225,7 +223,6 @@ def features_job(backbone: str, config_tree: dict[str, Any], split: str, output:
 
 def evaluate_job(fields: dict[str, Any]) -> dict[str, float]:
     """Body of an evaluation job: one protocol on one backbone (`evals.job.EvalJob` fields)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from evals import run_protocol
     from evals.job import EvalJob
 

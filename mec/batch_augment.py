@@ -29,7 +29,9 @@ op. What differs, and why:
   On enlarging crops the two agree to float rounding; on shrinking ones they differ by the aliased detail
   (tests/test_batch_augment.py, against `resized_crop(..., antialias=True)`: on noise shrunk 2-3x, 0.045 of
   the [0, 1] range on average, 0.20 at worst). Most ImageNet crops shrink (a 0.2-1 fraction of a ~400 px
-  image to 224), so this is the main difference from the per-image path.
+  image to 224), so this is the main difference from the per-image path. A *list* of images of their own sizes
+  (what decoding on the device gives) is cropped image by image instead (`resized_crop_each`), with
+  antialiasing: that path, the one pretraining uses, resamples as the per-image path does.
 - Blur: a truncated Gaussian kernel of radius `BLUR_RADIUS` (4 sigma at the largest sigma), applied as two
   1-D passes with reflected borders, exactly torchvision's `gaussian_blur` with that kernel size; the per-image
   path uses Pillow's blur (three box passes approximating the Gaussian, under one grey level apart on average,
@@ -319,6 +321,38 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None =
     return nnf.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
+def resized_crop_each(images: Sequence[Tensor], boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+    """`resized_crop` for N images of their own sizes (a list of [3, H_n, W_n], uint8 or float, one device):
+    the float [N, 3, size, size] batch of their crops, each resized with antialiasing.
+
+    What the decoded-on-the-device pipeline uses: decoded JPEGs differ in size, and padding them into one batch
+    would hold the largest image's area N times. Each crop is a view of its image (no copy), converted to float
+    and resized by `interpolate(..., antialias=True)`, exactly torchvision's `resized_crop(image, *box, [size,
+    size], antialias=True)` on tensors: the same filter footprint as Pillow's antialiased bilinear resize of the
+    per-image path (module docstring, "Resampling"). Three small kernels per image, batched ops from there on.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int (pixels), got {size!r}")
+    n = len(images)
+    if n == 0:
+        raise ValueError("images must hold at least one image")
+    if not isinstance(boxes, Tensor) or tuple(boxes.shape) != (n, 4):
+        got = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
+        raise ValueError(f"boxes must be an [N, 4] tensor of (top, left, height, width), got {got}")
+    # Box corners index the images on the host: the boxes are drawn on the host (from the images' shapes), so
+    # reading them needs no device synchronisation.
+    crops = []
+    for image, (top, left, height, width) in zip(images, boxes.tolist(), strict=True):
+        if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
+            got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"each image must be a [3, H, W] tensor, got {got}")
+        crop = to_float(image[:, top:top + height, left:left + width].unsqueeze(0))
+        crops.append(nnf.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
+                                     antialias=True))
+    out = torch.cat(crops)
+    return out if flip is None else hflip(out, flip.to(out.device))
+
+
 def hflip(images: Tensor, mask: Tensor) -> Tensor:
     """Mirror the samples where `mask` (torchvision's `hflip`); `BatchView` folds the flip into the crop."""
     _check_batch(images, floating=False)
@@ -522,6 +556,23 @@ def _batch_sizes(images: Tensor, image_sizes: Tensor | None) -> Tensor:
     return sizes
 
 
+def _count_and_device(images: Tensor | Sequence[Tensor]) -> tuple[int, torch.device]:
+    if isinstance(images, Tensor):
+        return images.shape[0], images.device
+    if not isinstance(images, Sequence) or not images or not all(isinstance(i, Tensor) for i in images):
+        raise ValueError("images must be a [N, 3, H, W] tensor or a non-empty list of [3, H, W] tensors")
+    return len(images), images[0].device
+
+
+def _list_sizes(images: Sequence[Tensor]) -> Tensor:
+    """[N, 2] (height, width) of a list of [3, H, W] images, on the host (read from their shapes)."""
+    _count_and_device(images)
+    bad = [tuple(image.shape) for image in images if image.ndim != 3 or image.shape[0] != 3]
+    if bad:
+        raise ValueError(f"each image must be a [3, H, W] tensor, got {bad[0]}")
+    return torch.tensor([tuple(image.shape[1:]) for image in images], dtype=torch.int64)
+
+
 @dataclass(frozen=True)
 class BatchView:
     """One view of the released recipe (`mec.augment._moco_v3_view`) for a batch: RandomResizedCrop(size,
@@ -568,15 +619,22 @@ class BatchView:
             solarize=_bernoulli(n, self.solarize_p, generator),
         )
 
-    def apply(self, images: Tensor, params: ViewParams) -> Tensor:
-        """The view of `images` ([N, 3, H, W], uint8 or float in [0, 1]) with the parameters `params`."""
-        _check_batch(images, floating=False)
-        if not isinstance(params, ViewParams) or len(params) != images.shape[0]:
-            raise ValueError(f"params must be ViewParams for the {images.shape[0]} images, got "
+    def apply(self, images: Tensor | Sequence[Tensor], params: ViewParams) -> Tensor:
+        """The view of `images` ([N, 3, H, W], uint8 or float in [0, 1]; or a list of N [3, H_n, W_n] images of
+        their own sizes, cropped with antialiasing by `resized_crop_each`) with the parameters `params`."""
+        if isinstance(images, Tensor):
+            _check_batch(images, floating=False)
+        n, device = _count_and_device(images)
+        if not isinstance(params, ViewParams) or len(params) != n:
+            raise ValueError(f"params must be ViewParams for the {n} images, got "
                              f"{len(params) if isinstance(params, ViewParams) else type(params).__name__}")
-        params = params.to(images.device)
         # The crop comes first, as in the per-image path, so every later op works on size x size pixels only.
-        out = resized_crop(to_float(images), params.boxes, self.size, flip=params.flip)
+        if isinstance(images, Tensor):
+            params = params.to(device)
+            out = resized_crop(to_float(images), params.boxes, self.size, flip=params.flip)
+        else:
+            out = resized_crop_each(images, params.boxes, self.size, flip=params.flip)
+            params = params.to(device)
         out = color_jitter(out, params.jitter_factors, params.jitter_order, params.jitter)
         out = grayscale(out, params.gray)
         # Every op runs as `params` say, whatever the view's probabilities (fixed parameters in tests included).
@@ -584,11 +642,18 @@ class BatchView:
         out = solarize(out, params.solarize)
         return normalize(out)
 
-    def __call__(self, images: Tensor, generator: torch.Generator, image_sizes: Tensor | None = None) -> Tensor:
+    def __call__(self, images: Tensor | Sequence[Tensor], generator: torch.Generator,
+                 image_sizes: Tensor | None = None) -> Tensor:
         """Draw parameters from `generator` and apply them. `image_sizes` ([N, 2]) when the batch pads images
-        of different sizes (each at the top left): crops are drawn inside each image's own (height, width)."""
-        _check_batch(images, floating=False)
-        return self.apply(images, self.sample(_batch_sizes(images, image_sizes), generator))
+        of different sizes (each at the top left): crops are drawn inside each image's own (height, width).
+        A list of images of their own sizes needs none. For a list, a CPU generator keeps every draw on the
+        host, where the crops are indexed, so nothing waits for the device."""
+        if isinstance(images, Tensor):
+            _check_batch(images, floating=False)
+            return self.apply(images, self.sample(_batch_sizes(images, image_sizes), generator))
+        if image_sizes is not None:
+            raise ValueError("image_sizes is for padded batches; a list of images carries its own sizes")
+        return self.apply(images, self.sample(_list_sizes(images), generator))
 
 
 @dataclass(frozen=True)
@@ -604,7 +669,7 @@ class BatchTwoView:
             if not isinstance(getattr(self, name), BatchView):
                 raise ValueError(f"{name} must be a BatchView, got {type(getattr(self, name)).__name__}")
 
-    def __call__(self, images: Tensor, generator: torch.Generator,
+    def __call__(self, images: Tensor | Sequence[Tensor], generator: torch.Generator,
                  image_sizes: Tensor | None = None) -> tuple[Tensor, ...]:
         return self.view1(images, generator, image_sizes), self.view2(images, generator, image_sizes)
 
@@ -624,7 +689,7 @@ class BatchMultiCrop(BatchTwoView):
         if isinstance(self.local_crops, bool) or not isinstance(self.local_crops, int) or self.local_crops < 1:
             raise ValueError(f"local_crops must be an int >= 1, got {self.local_crops!r}")
 
-    def __call__(self, images: Tensor, generator: torch.Generator,
+    def __call__(self, images: Tensor | Sequence[Tensor], generator: torch.Generator,
                  image_sizes: Tensor | None = None) -> tuple[Tensor, ...]:
         local = self.local_view  # a BatchView (__post_init__); None is only the dataclass field's default
         return (*super().__call__(images, generator, image_sizes),

@@ -39,6 +39,7 @@ from mec.batch_augment import (
     hflip,
     normalize,
     resized_crop,
+    resized_crop_each,
     sample_crop_boxes,
     sample_jitter,
     solarize,
@@ -268,6 +269,46 @@ def test_padded_batches_crop_inside_each_images_own_size():
     a = view(padded, torch.Generator().manual_seed(4), image_sizes=sizes)
     b = view(images, torch.Generator().manual_seed(4))
     assert _max_diff(a, b) < 1e-4
+
+
+def test_resized_crop_each_is_torchvisions_antialiased_resized_crop_per_image():
+    """Images of their own sizes (the decoded-on-the-device path): each crop resized with antialiasing, as the
+    per-image path's Pillow resize, and mirrored where flipped; uint8 in, the same as its k / 255 floats."""
+    images = [_images(1, 40, 48, seed=1)[0], _images(1, 44, 36, seed=2)[0], _images(1, 40, 48, seed=3)[0]]
+    boxes = torch.tensor([[2, 5, 36, 30], [0, 0, 44, 36], [10, 20, 4, 4]])
+    flip = _mask(1, 0, 1)
+    ours = resized_crop_each(images, boxes, 16, flip=flip)
+    assert ours.shape == (3, 3, 16, 16) and ours.dtype == torch.float32
+    for i, image in enumerate(images):
+        expected = F.resized_crop(image, *boxes[i].tolist(), [16, 16], antialias=True)
+        expected = F.hflip(expected) if flip[i] else expected
+        assert _max_diff(ours[i], expected) < 1e-6, i
+    uint8 = [(image * 255).round().to(torch.uint8) for image in images]
+    floats = [image.float() / 255 for image in uint8]
+    assert torch.equal(resized_crop_each(uint8, boxes, 16), resized_crop_each(floats, boxes, 16))
+
+
+def test_a_list_of_images_gets_the_same_view_as_a_batch_but_antialiased():
+    """A list draws its boxes inside each image's own size and applies the same ops as a [N, 3, H, W] batch;
+    only the resampling differs (antialiased), so enlarging crops agree."""
+    images = _images(3, 40, 48)
+    view = BatchView(16, blur_p=0.5, solarize_p=0.5)
+    params = _params(3, boxes=torch.tensor([[2, 3, 10, 12], [0, 0, 16, 16], [10, 5, 12, 8]]))  # all enlarge
+    assert _max_diff(view.apply(list(images), params), view.apply(images, params)) < 1e-4
+    shrinking = _params(3)
+    assert _max_diff(view.apply(list(images), shrinking), view.apply(images, shrinking)) > 0.01
+    sizes = [(40, 48), (20, 60), (64, 24)]
+    different = [_images(1, h, w, seed=k)[0] for k, (h, w) in enumerate(sizes)]
+    generator = torch.Generator().manual_seed(5)
+    params = view.sample(torch.tensor(sizes), generator)
+    for (h, w), (top, left, box_h, box_w) in zip(sizes, params.boxes.tolist(), strict=True):
+        assert 0 <= top and top + box_h <= h and 0 <= left and left + box_w <= w
+    out = batch_imagenet_two_view(16)(different, torch.Generator().manual_seed(6))
+    assert [tuple(v.shape) for v in out] == [(3, 3, 16, 16)] * 2
+    with pytest.raises(ValueError, match="image_sizes is for padded batches"):
+        view(different, generator, image_sizes=torch.tensor(sizes))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        view([torch.zeros(1, 8, 8)], generator)
 
 
 # ----------------------------------------------------------------- parameter distributions against torchvision's

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -70,7 +70,14 @@ class DataConfig(_Section):
     verify_checksums: bool = True
     augment: Literal["imagenet", "cifar", "digits"] = "digits"
     image_size: int = Field(32, ge=8)
-    num_workers: int = Field(2, ge=0)
+    # DataLoader worker processes; "auto": one fewer than the job's CPUs (`mec.threads.loader_workers`), the
+    # main process keeping one for the training loop (SLURM's cpus-per-task on a cluster).
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 2
+    # Where images are decoded and augmented: per_image = Pillow and torchvision in the loader workers (the CPU
+    # path); device = workers only read the files, the job's device decodes them (nvJPEG on a GPU) and augments
+    # the batch (`mec.batch_augment`, the ImageNet recipe only); auto = device on a GPU for the ImageNet recipe
+    # on a folder data set, else per_image. `resolve_loader` decides, and says why not when device is asked.
+    loader: Literal["auto", "per_image", "device"] = "auto"
     digits: DigitsRender = DigitsRender()
     # Keyword overrides of the augmentation recipe (e.g. crop_scale for digits); empty = the recipe as published.
     augment_options: dict[str, Any] = Field(default_factory=dict)
@@ -95,6 +102,29 @@ class DataConfig(_Section):
         d = self.digits
         return {"size": d.size, "variants_train": d.variants_train, "variants_val": d.variants_val,
                 "val_fraction": d.val_fraction, "seed": d.seed, **d.options}
+
+
+# Data sets stored as image files, which the device path can read as bytes (CIFAR is pickled arrays).
+FOLDER_DATASETS = ("digits", "imagefolder", "places365")
+
+
+def resolve_loader(data: DataConfig, device_type: str, augment: str | None = None) -> str:
+    """"per_image" or "device": where this job decodes and augments (`DataConfig.loader`) on a `device_type`
+    ("cpu", "cuda") device. `augment` is the recipe the job applies (default: data.augment). Asking for
+    "device" where it cannot run raises ConfigError naming the key; "auto" picks device only on a GPU."""
+    augment = data.augment if augment is None else augment
+    why_not = None
+    if data.name not in FOLDER_DATASETS:
+        why_not = f"data.name={data.name} is not stored as image files (one of {list(FOLDER_DATASETS)} is)"
+    elif augment != "imagenet":
+        why_not = f"data.augment={augment}: the batched augmentations implement the ImageNet recipe only"
+    elif data.positives != "same_image":
+        why_not = f"data.positives={data.positives}: pairs of different files are built per image"
+    if data.loader == "device" and why_not:
+        raise ConfigError(f"data.loader=device: {why_not}; use data.loader=per_image")
+    if data.loader == "auto":
+        return "device" if device_type == "cuda" and why_not is None else "per_image"
+    return data.loader
 
 
 def data_identity(data: DataConfig | None = None, *, length: int = 24, **extra: Any) -> str:

@@ -86,3 +86,15 @@ def test_the_cpu_budget_prefers_slurms_allocation_and_never_exceeds_the_usable_c
     assert threads.cpu_budget(16) == (8, "cpus_per_task=16, capped at the 8 usable CPUs")
     monkeypatch.setenv(threads.SLURM_CPUS, "6")
     assert threads.cpu_budget(4) == (6, "SLURM_CPUS_PER_TASK=6")
+
+
+def test_auto_loader_workers_leave_the_main_process_one_of_the_jobs_cpus(monkeypatch):
+    from mec import threads
+
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    monkeypatch.setenv(threads.SLURM_CPUS, "6")
+    monkeypatch.setattr(threads, "_job_cpus", None)
+    assert threads.loader_workers("auto") == 5  # SLURM's allocation, none set in this process
+    assert threads.loader_workers(3) == 3  # a configured number is taken as it is
+    monkeypatch.setattr(threads, "_job_cpus", 1)  # what use_cpu_budget(1) records
+    assert threads.loader_workers("auto") == 0

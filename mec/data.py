@@ -285,6 +285,8 @@ def build_loader(
     num_workers: int,
     seed: int,
     distributed: bool | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A DataLoader whose order is fixed by (seed, epoch) and, when distributed, split across ranks.
 
@@ -299,6 +301,8 @@ def build_loader(
     reseeds the generator per epoch (as pretraining does) gets the same augmentations after a resume as
     without one; the cost is one worker start per epoch. With `num_workers == 0` the transforms draw from
     the process' global torch RNG instead. Workers ignore the job's signals (`leave_signals_to_the_main_process`).
+    `persistent_workers` keeps them across epochs: right only where workers draw nothing at random (the device
+    path's workers just read files; its augmentations draw in the main process).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -326,4 +330,6 @@ def build_loader(
         worker_init_fn=leave_signals_to_the_main_process,
         # pin_memory only helps host-to-GPU copies, and warns when there is no GPU.
         pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_fn,
+        persistent_workers=persistent_workers and num_workers > 0,
     )

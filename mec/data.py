@@ -10,20 +10,26 @@ Supported names and on-disk layouts (`root` is the data root of the config):
   "val" is the official test set.
 - "imagefolder": ImageNet-style `root/train/<class>/<image>` and `root/val/<class>/<image>`.
 - "places365": the same plain class-folder layout (see `build_pretrain_dataset`).
+
+A folder data set never ends an epoch on a file it cannot read (corrupt, truncated, not an image, unreadable): it
+serves the next readable file in its place, warns once per file and process naming it, and counts it across the
+loader's workers (`skipped_images`). Grayscale, CMYK and PNG files are read, through Pillow's `convert("RGB")`.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from PIL import UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, get_worker_info
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.utils import check_integrity
 
@@ -37,6 +43,9 @@ SPLITS = ("train", "val")
 POSITIVES = ("same_image", "same_source")
 
 Transform = Callable[[Any], Any]
+Item = TypeVar("Item")
+
+log = logging.getLogger(__name__)
 
 
 def _check_split(split: str) -> None:
@@ -107,13 +116,109 @@ def _unreadable_cifar_file(dataset_class: type[CIFAR10], folder: Path) -> Path |
     return None
 
 
+# Slots of `UnreadableFiles.counts`: the main process adds to slot 0 and loader worker k to slot 1 + k % 63, so no
+# two processes of a loader add to one slot and no lock is needed (a multiprocessing lock made in one start method's
+# context cannot be sent to workers started by another; shared memory can).
+_SKIP_SLOTS = 64
+# This many unreadable files in a row is the data set failing (a lost mount), not a few bad files: raise.
+MAX_UNREADABLE_IN_A_ROW = 100
+
+
+class UnreadableImage(Exception):
+    """A data set's loader could not read one file; the message names it and why."""
+
+
+class UnreadableFiles:
+    """The count of items a folder data set served in place of an unreadable file, shared with its loader's workers.
+
+    The counts live in shared memory made with the data set, which DataLoader workers inherit (fork) or receive
+    pickled (spawn, forkserver), so the main process sees the workers' counts (`total`).
+    """
+
+    def __init__(self) -> None:
+        self.counts = torch.zeros(_SKIP_SLOTS, dtype=torch.int64).share_memory_()
+        self._warned: set[str] = set()  # per process: each worker warns once per file
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def count(self) -> None:
+        worker = get_worker_info()
+        self.counts[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
+
+    def load(self, loader: Callable[[str], Any], path: str) -> Any:
+        """loader(path), or UnreadableImage naming the file if it raises (warning once per file and process)."""
+        try:
+            return loader(path)
+        except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            # Pillow's UnidentifiedImageError repeats the path inside a file object's repr: say what it means.
+            unknown = isinstance(err, UnidentifiedImageError)
+            reason = "not an image format Pillow knows" if unknown else f"{type(err).__name__}: {err}"
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("skipped %s: cannot be read as an image (%s); the next readable file takes its place",
+                            path, reason)
+            raise UnreadableImage(f"{path} ({reason})") from err
+
+
+def first_readable(load: Callable[[int], Item], index: int, size: int, unreadable: UnreadableFiles) -> Item:
+    """load(index), or if its file is unreadable, load of the next index that reads: (index + 1) % size, ...
+
+    The replacement is deterministic, so that a resumed run reads the same items. The item counts once as
+    skipped however many files it tried; a file met while replacing another counts when its own index is read.
+    """
+    first_error = None
+    for offset in range(min(size, MAX_UNREADABLE_IN_A_ROW)):
+        try:
+            item = load((index + offset) % size)
+        except UnreadableImage as err:
+            first_error = first_error or err
+            continue
+        if offset:
+            unreadable.count()
+        return item
+    tried = min(size, MAX_UNREADABLE_IN_A_ROW)
+    raise DataIntegrityError(f"{tried} files in a row from index {index} of a data set of {size} cannot be read as "
+                             f"images, the first {first_error}: check the data folder")
+
+
+class ReadableImageFolder(ImageFolder):
+    """An `ImageFolder` that serves the next readable file in place of one it cannot read (`first_readable`)."""
+
+    def __init__(self, root: str, transform: Transform | None = None, **kwargs: Any) -> None:
+        super().__init__(root, transform=transform, **kwargs)
+        self.unreadable = UnreadableFiles()
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return first_readable(self._read, index, len(self.samples), self.unreadable)
+
+    def _read(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        sample = self.unreadable.load(self.loader, path)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
+
+
+def skipped_images(dataset: Dataset) -> int:
+    """How many items `dataset` served in place of an unreadable file so far, in this process and its loader
+    workers (0 for data sets that do not skip, such as CIFAR's, which is read whole when it is built)."""
+    if isinstance(dataset, Subset):
+        return skipped_images(dataset.dataset)
+    unreadable = getattr(dataset, "unreadable", None)
+    return unreadable.total if isinstance(unreadable, UnreadableFiles) else 0
+
+
 def _image_folder(name: str, root: Path, transform: Transform, split: str) -> ImageFolder:
     split_dir = root / split
     layout = f"{root}/{split}/<class>/<image>"
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{name} split folder not found: {split_dir} (expected the layout {layout})")
     try:
-        return ImageFolder(str(split_dir), transform=transform)
+        return ReadableImageFolder(str(split_dir), transform=transform)
     except FileNotFoundError as err:
         # torchvision raises this when there are no class folders or no images with a known extension.
         raise FileNotFoundError(
@@ -162,6 +267,8 @@ class SourcePairs(Dataset):
                 f"one (first: {single[0]}); render more variants (data.digits.variants_train >= 2)"
             )
         self.loader = folder.loader
+        # The folder's count when it has one (the same files), so that `skipped_images` reads either.
+        self.unreadable = getattr(folder, "unreadable", None) or UnreadableFiles()
         self.pair_p = pair_p
         self.two_view = two_view
         self.sources = [(sorted(paths), label) for (label, _), paths in sorted(groups.items(), key=lambda kv: kv[0][1])]
@@ -171,15 +278,19 @@ class SourcePairs(Dataset):
         return len(self.sources)
 
     def __getitem__(self, index: int) -> tuple[tuple[Any, Any], int]:
+        # A pair with an unreadable file is replaced by the next source's pair (`first_readable`).
+        return first_readable(self._pair, index, len(self.sources), self.unreadable)
+
+    def _pair(self, index: int) -> tuple[tuple[Any, Any], int]:
         paths, label = self.sources[index]
         first = int(torch.randint(len(paths), ()))
         second = first
         if float(torch.rand(())) < self.pair_p:
             # A second variant different from the first, uniformly among the others.
             second = (first + 1 + int(torch.randint(len(paths) - 1, ()))) % len(paths)
-        image = self.loader(paths[first])
+        image = self.unreadable.load(self.loader, paths[first])
         view1 = self.two_view.view1(image)
-        view2 = self.two_view.view2(self.loader(paths[second]))
+        view2 = self.two_view.view2(self.unreadable.load(self.loader, paths[second]))
         # A MultiCropTransform's local views are crops of view 1's file: each is then compared with one global
         # view of its own rendering and one of the other (mec.loss.multi_crop_pairs).
         local_views = getattr(self.two_view, "local_views", None)

@@ -3,6 +3,11 @@
 kNN and t-SNE read the same [N, D] features of the evaluated run's data (which splits: `evals.FEATURE_SPLITS`).
 Each file stores, beside the features and labels, what they were computed from: the backbone file's sha256 and
 the data identity (`mec.config.data_identity`: data set, root, split, transform), checked whenever it is read.
+The transform's identity names the input path too (`data.loader`, `mec.config.resolve_loader`): features of
+images decoded and resized on the device (`mec.batch_eval.center_view` after `mec.encoded.ImageDecoder`) differ
+slightly from the per-image path's (Pillow), so the device path's identity adds "device" and the device type
+(nvJPEG on a GPU decodes differently from libjpeg on the CPU) and its files say so (``input_path``); the
+per-image path's identity is what it always was. A file of either path is never read as the other's.
 
 - In the DAG, a ``features`` job of its own writes ``<output>/features/<run>/<split>.pt`` (`write_features`)
   and the evaluations are given that path (``EvalJob.features``); a file there computed from another backbone
@@ -19,14 +24,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from evals.job import EvalJob, load_frozen_backbone
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform
-from mec.config import Config, data_identity
-from mec.data import build_eval_dataset, build_loader
+from mec.batch_eval import CenterView, eval_loader, skipped_images
+from mec.config import Config, DataConfig, data_identity, resolve_loader
+from mec.data import build_eval_dataset
+from mec.encoded import EncodedImages
 from mec.monitor import Features, extract_features
 from mec.run import select_device
+from mec.threads import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +46,37 @@ class StaleFeaturesError(RuntimeError):
     """A feature file computed from another backbone or data than the one it is read for."""
 
 
-def provenance(backbone: Path, cfg: Config, split: str) -> dict[str, str]:
-    """What features of ``split`` under ``backbone`` are computed from: the file's bytes and the data identity."""
-    data = cfg.data
-    return {"backbone_sha256": ckpt.file_sha256(backbone),
-            "data_identity": data_identity(data, split=split, transform=[data.augment, data.image_size])}
+INPUT_PATH = "input_path"  # the provenance key of a device-path file ("device cuda"); per-image files have none
+PER_IMAGE = "per_image"
 
 
-def feature_key(backbone: Path, cfg: Config, split: str) -> str:
+def input_path(data: DataConfig, device: torch.device | None = None) -> str:
+    """How this job reads the images: "per_image", or "device <type>" (decoded and resized on that device)."""
+    device = select_device() if device is None else device
+    return PER_IMAGE if resolve_loader(data, device.type) == PER_IMAGE else f"device {device.type}"
+
+
+def transform_identity(data: DataConfig, device: torch.device | None = None) -> list[Any]:
+    """The transform's part of the data identity: recipe and size, and the input path unless per-image."""
+    path = input_path(data, device)
+    return [data.augment, data.image_size] + ([] if path == PER_IMAGE else path.split())
+
+
+def provenance(backbone: Path, cfg: Config, split: str, device: torch.device | None = None) -> dict[str, str]:
+    """What features of ``split`` under ``backbone`` are computed from: the file's bytes and the data identity
+    (with this job's input path, on ``device``: default `select_device()`)."""
+    data, device = cfg.data, select_device() if device is None else device
+    identity = {"backbone_sha256": ckpt.file_sha256(backbone),
+                "data_identity": data_identity(data, split=split, transform=transform_identity(data, device))}
+    path = input_path(data, device)
+    return identity if path == PER_IMAGE else identity | {INPUT_PATH: path}
+
+
+def feature_key(backbone: Path, cfg: Config, split: str, device: torch.device | None = None) -> str:
     """The content-keyed cache's name for these features (the lazy path, without the DAG)."""
     data = cfg.data
     return data_identity(data, backbone_sha256=ckpt.file_sha256(backbone), split=split,
-                         transform=[data.augment, data.image_size])
+                         transform=transform_identity(data, device))
 
 
 def load_or_extract(path: Path, extract: Callable[[], Features], what: str,
@@ -65,6 +95,10 @@ def load_or_extract(path: Path, extract: Callable[[], Features], what: str,
             return Features(stored["features"], stored["labels"]), True
         mismatch = "; ".join(f"{key} {found[key]} where {value} was expected" for key, value in expected.items()
                              if found[key] != value)
+        paths = stored.get(INPUT_PATH, PER_IMAGE), expected.get(INPUT_PATH, PER_IMAGE)
+        if paths[0] != paths[1]:
+            mismatch += (f"; read through the {paths[0]} input path where this job reads through the {paths[1]} one "
+                         "(data.loader: give the features job and its readers the same device, or set data.loader)")
         if strict:
             raise StaleFeaturesError(f"feature file {path} was computed from another backbone or data ({mismatch}); "
                                      "delete it, or rerun the rule that writes it")
@@ -78,15 +112,20 @@ def load_or_extract(path: Path, extract: Callable[[], Features], what: str,
 def _extractor(backbone: Path, cfg: Config, split: str) -> Callable[[], Features]:
     def extract() -> Features:
         net, _ = load_frozen_backbone(backbone, cfg)
-        device = select_device()
+        device, data = select_device(), cfg.data
+        per_image = input_path(data, device) == PER_IMAGE
         dataset = build_eval_dataset(
-            cfg.data.name, cfg.data.root, eval_transform(cfg.data.augment, cfg.data.image_size), split,
-            download=cfg.data.download, digits_params=cfg.data.digits_params(),
-            verify_checksums=cfg.data.verify_checksums,
+            data.name, data.root, eval_transform(data.augment, data.image_size) if per_image else None, split,
+            download=data.download, digits_params=data.digits_params(), verify_checksums=data.verify_checksums,
         )
-        loader = build_loader(dataset, 256, shuffle=False, drop_last=False, num_workers=cfg.data.num_workers,
-                              seed=0, distributed=False)
-        return extract_features(net.to(device), loader, device)
+        loader = eval_loader(dataset if per_image else EncodedImages.from_folder(dataset), 256,
+                             CenterView(data.image_size), device, shuffle=False,
+                             num_workers=loader_workers(data.num_workers), seed=0)
+        features = extract_features(net.to(device), loader, device)
+        if skipped_images(loader):
+            log.warning("%s features: %d unreadable image(s) skipped, each replaced by another image",
+                        split, skipped_images(loader))
+        return features
 
     return extract
 

@@ -7,6 +7,13 @@ with option ``dataset`` (a key of `evals.DATA_NAMES`) the one at option ``root``
 (torchrun or SLURM tasks) each rank trains on its share; validation runs on rank 0. The process group, seeds, run
 logger (FAILED on any error) and resuming are pretraining's scaffold (`mec.run`): `setup_classifier` builds and
 resumes, `train_classifier_epoch` trains, `validate_and_checkpoint` scores, logs and saves.
+
+The input path (`data.loader`, `mec.config.resolve_loader` for the data read): per image, Pillow transforms in the
+loader workers; or, for the ImageNet recipe on a folder data set (by default on a GPU), workers read the files'
+bytes, the job's device decodes them and makes the batch there (`mec.batch_eval`): training views by
+`ProbeTrainView` drawn from a CPU generator seeded with (seed, epoch, rank) as pretraining's (`mec.train.epoch_seed`),
+validation by `center_view`. Either path skips files that do not read (`mec.data`, `mec.encoded`), counted in
+``data/skipped_images`` (as pretraining logs it).
 """
 
 from __future__ import annotations
@@ -29,10 +36,14 @@ from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import resolve_split
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform, probe_train_transform
-from mec.config import DataConfig
-from mec.data import build_eval_dataset, build_loader
+from mec.batch_eval import CenterView, DecodedLoader, ProbeTrainView, eval_loader, skipped_images
+from mec.config import DataConfig, resolve_loader
+from mec.data import build_eval_dataset
+from mec.encoded import EncodedImages
 from mec.run import JobProcess, job_process, logged_run, resume_latest
+from mec.threads import loader_workers
 from mec.tracking import RunLogger
+from mec.train import epoch_seed
 
 log = logging.getLogger(__name__)
 # Options naming what the classifier reads rather than how it trains: a label subset, another data set and its folder.
@@ -136,14 +147,15 @@ class ClassifierTraining:
     train_model: nn.Module  # the model, wrapped in DistributedDataParallel when DDP trains it
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    loader: DataLoader
-    val_loader: DataLoader
+    loader: DataLoader | DecodedLoader  # a DecodedLoader on the device input path (`mec.batch_eval`)
+    val_loader: DataLoader | DecodedLoader
     ks: tuple[int, ...]
     train_images: int
     ckpt_dir: Path
     backbone_check: str  # "<loaded>/<expected>" backbone keys
     start_epoch: int = 0
     best: float = 0.0
+    seed: int = 0  # the run's seed: the device path's training views draw from epoch_seed(seed, epoch, rank)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -191,20 +203,23 @@ def probe_data(job: EvalJob) -> DataConfig:
     return data.model_copy(update={"name": DATA_NAMES[key], "root": str(root), "download": False})
 
 
-def classifier_datasets(job: EvalJob) -> tuple[Dataset, Dataset, int]:
-    """The training split (restricted to ``options.split`` when given), the validation split, the class count."""
-    data = probe_data(job)
-    train_set = build_eval_dataset(data.name, data.root, probe_train_transform(data.augment, data.image_size),
-                                   "train", **job.data_options(data))
-    val_set = build_eval_dataset(data.name, data.root, eval_transform(data.augment, data.image_size), "val",
-                                 **job.data_options(data))
+def classifier_datasets(job: EvalJob, path: str = "per_image") -> tuple[Dataset, Dataset, int]:
+    """The training split (restricted to ``options.split`` when given), the validation split, the class count;
+    transformed images on the per-image input ``path``, the files' bytes (`EncodedImages`) on the device one."""
+    data, per_image = probe_data(job), path == "per_image"
+    train_set = build_eval_dataset(
+        data.name, data.root, probe_train_transform(data.augment, data.image_size) if per_image else None, "train",
+        **job.data_options(data))
+    val_set = build_eval_dataset(data.name, data.root, eval_transform(data.augment, data.image_size)
+                                 if per_image else None, "val", **job.data_options(data))
     num_classes = len(train_set.classes)
-    split = job.option("split", None)
+    split, indices = job.option("split", None), None
     if split is not None:
         samples = getattr(train_set, "samples", None)
         indices = resolve_split(Path(split), samples, Path(train_set.root) if samples else None, len(train_set))
-        train_set = Subset(train_set, indices)
-    return train_set, val_set, num_classes
+    if not per_image:
+        train_set, val_set = EncodedImages.from_folder(train_set), EncodedImages.from_folder(val_set)
+    return (train_set if indices is None else Subset(train_set, indices)), val_set, num_classes
 
 
 def _optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -217,22 +232,24 @@ def _optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimi
 def setup_classifier(job: EvalJob, recipe: Recipe, prefix: str, proc: JobProcess) -> ClassifierTraining:
     """Data, backbone + head, optimiser and schedule, resumed from the newest checkpoint when there is one."""
     local_batch = proc.local_batch(recipe.batch_size, f"{prefix} batch_size")
-    train_set, val_set, num_classes = classifier_datasets(job)
+    data = probe_data(job)
+    train_set, val_set, num_classes = classifier_datasets(job, resolve_loader(data, proc.device.type))
     backbone, summary = load_frozen_backbone(job.backbone, job.cfg)
     model = Classifier(backbone, LinearHead(backbone.feature_dim, num_classes, norm=not recipe.finetune),
                        recipe.finetune).to(proc.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _optimizer(recipe, params)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=recipe.epochs)
-    workers, seed = job.cfg.data.num_workers, job.cfg.train.seed
+    workers, seed = loader_workers(job.cfg.data.num_workers), job.cfg.train.seed
     run = ClassifierTraining(
         recipe, prefix, proc, model,
         DistributedDataParallel(model) if proc.distributed and params else model, optimizer, scheduler,
-        build_loader(train_set, local_batch, shuffle=True, drop_last=False, num_workers=workers, seed=seed,
-                     distributed=proc.distributed),
-        build_loader(val_set, 256, shuffle=False, drop_last=False, num_workers=workers, seed=0, distributed=False),
+        eval_loader(train_set, local_batch, ProbeTrainView(data.image_size), proc.device, shuffle=True,
+                    num_workers=workers, seed=seed, distributed=proc.distributed),
+        eval_loader(val_set, 256, CenterView(data.image_size), proc.device, shuffle=False, num_workers=workers,
+                    seed=0),
         ks=(1, min(5, num_classes)), train_images=len(train_set), ckpt_dir=Path(job.output_dir) / "checkpoints",
-        backbone_check=f"{summary['loaded_keys']}/{summary['expected_keys']}",
+        backbone_check=f"{summary['loaded_keys']}/{summary['expected_keys']}", seed=seed,
     )
     resumed = resume_latest(run.ckpt_dir, model=model, optimizer=optimizer, scheduler=scheduler)
     if resumed is not None:
@@ -244,7 +261,10 @@ def setup_classifier(job: EvalJob, recipe: Recipe, prefix: str, proc: JobProcess
 
 def train_classifier_epoch(run: ClassifierTraining, epoch: int) -> tuple[float, float]:
     """One pass over this rank's share of the training split; returns the mean loss and the epoch's lr."""
-    run.loader.sampler.set_epoch(epoch)
+    if isinstance(run.loader, DecodedLoader):
+        run.loader.set_epoch(epoch, epoch_seed(run.seed, epoch, run.proc.rank))
+    else:
+        run.loader.sampler.set_epoch(epoch)
     run.train_model.train()
     total, count = 0.0, 0
     for images, targets in run.loader:
@@ -267,7 +287,10 @@ def validate_and_checkpoint(run: ClassifierTraining, epoch: int, train_loss: flo
     run.best = max(run.best, top1)
     p = run.prefix
     logger.log_metrics({f"{p}/train_loss": train_loss, f"{p}/lr": lr, f"{p}/top1": top1, f"{p}/top5": top5,
-                        f"{p}/epoch": epoch + 1}, (epoch + 1) * run.steps_per_epoch)
+                        f"{p}/epoch": epoch + 1,
+                        # rank 0's (its share of the training split, and validation), as its train loss
+                        "data/skipped_images": skipped_images(run.loader, run.val_loader)},
+                       (epoch + 1) * run.steps_per_epoch)
     logger.flush()
     ckpt.save_checkpoint(ckpt.checkpoint_path(run.ckpt_dir, epoch + 1), {
         "epoch": epoch + 1, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),

@@ -7,7 +7,9 @@ reuses them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +17,6 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
-from torch.utils.data import DataLoader
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,17 @@ class Features:
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.device) -> Features:
-    """Run the backbone in eval mode (BN on running statistics) over a labelled loader."""
+def extract_features(backbone: nn.Module, loader: Iterable[tuple[torch.Tensor, Any]], device: torch.device
+                     ) -> Features:
+    """Run the backbone in eval mode (BN on running statistics) over a labelled loader: a DataLoader of
+    transformed images, or a `mec.batch_eval.DecodedLoader` whose batches are already on `device`."""
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
     for images, targets in loader:
         out = backbone(images.to(device, non_blocking=True))
         feats.append(F.normalize(out.float(), dim=1).cpu())
-        labels.append(torch.as_tensor(targets))
+        labels.append(torch.as_tensor(targets).cpu())
     backbone.train(was_training)
     return Features(torch.cat(feats), torch.cat(labels))
 

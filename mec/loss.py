@@ -310,6 +310,9 @@ class MaximumEntropyCodingLoss(nn.Module):
         side: "batch", "feature" or "auto" (the smaller matrix).
         parametrisation: "paper" or "released" (see above).
         gather_distributed: gather embeddings across ranks before the loss (no effect in one process).
+        check_finite: raise FloatingPointError in every call whose loss is not finite. Reading the value waits
+            for the device; a training loop that reads losses only now and then passes False and calls
+            `check_output` on each step's output when it reads them.
     """
 
     def __init__(
@@ -319,6 +322,7 @@ class MaximumEntropyCodingLoss(nn.Module):
         side: str = "auto",
         parametrisation: str = "released",
         gather_distributed: bool = True,
+        check_finite: bool = True,
     ) -> None:
         super().__init__()
         _check_positive("eps", eps)
@@ -332,6 +336,7 @@ class MaximumEntropyCodingLoss(nn.Module):
         self.side = side
         self.parametrisation = parametrisation
         self.gather_distributed = gather_distributed
+        self.check_finite = bool(check_finite)
 
     @staticmethod
     def convergence_bound(eps: float, m: int, d: int, lambda_scale: float = 1.0) -> float:
@@ -351,7 +356,7 @@ class MaximumEntropyCodingLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"eps={self.eps}, order={self.order}, side={self.side!r}, parametrisation={self.parametrisation!r}, "
-            f"gather_distributed={self.gather_distributed}"
+            f"gather_distributed={self.gather_distributed}, check_finite={self.check_finite}"
         )
 
     def _prepare(self, x: Tensor) -> Tensor:
@@ -399,11 +404,18 @@ class MaximumEntropyCodingLoss(nn.Module):
                         prepared[id(a)], prepared[id(b)], lam, self.order, self.side)
             f = torch.stack([lengths[id(a), id(b)] for a, b in pairs]).mean()
             loss = -mu * f if self.parametrisation == "paper" else -f / (lam * m)
+        out = CodingLengthOutput(loss=loss, coding_length=(mu * f).detach(), lam=lam, mu=mu, m=m, d=d,
+                                 pairs=len(pairs))
+        if self.check_finite:
+            self.check_output(out)
+        return out
+
+    def check_output(self, out: CodingLengthOutput) -> None:
+        """Raise FloatingPointError, naming lambda, m, d, the order and the remedies, if `out.loss` is not
+        finite (reads the value: waits for the device)."""
         check_finite(
-            loss,
-            f"lambda={lam:.6g} (lambda*m={lam * m:.4g}; the Taylor series surely converges only below 1), "
-            f"m={m}, d={d}, order={self.order}. Use a larger eps, a longer lambda warm-up, a lower learning rate "
-            "or order=None (exact log-determinant)",
+            out.loss,
+            f"lambda={out.lam:.6g} (lambda*m={out.lam * out.m:.4g}; the Taylor series surely converges only below "
+            f"1), m={out.m}, d={out.d}, order={self.order}. Use a larger eps, a longer lambda warm-up, a lower "
+            "learning rate or order=None (exact log-determinant)",
         )
-        return CodingLengthOutput(loss=loss, coding_length=(mu * f).detach(), lam=lam, mu=mu, m=m, d=d,
-                                  pairs=len(pairs))

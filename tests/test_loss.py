@@ -328,3 +328,17 @@ def test_the_divergence_bound_holds_for_a_convergent_series_and_not_for_a_diverg
     diverged = MaximumEntropyCodingLoss(eps=0.3, order=4, parametrisation=parametrisation)  # lambda * m = 89
     out = diverged([(z1, z2)])
     assert abs(out.loss.item()) > diverged.convergent_loss_bound(out)
+
+
+def test_a_loss_built_not_to_check_each_call_leaves_the_check_to_check_output():
+    """A training loop that reads losses only now and then (mec.train.check_steps) builds the loss this way."""
+    from mec.loss import MaximumEntropyCodingLoss
+
+    z = torch.full((4, 3), float("nan"))
+    unchecked = MaximumEntropyCodingLoss(eps=1.0, check_finite=False)
+    out = unchecked([(z, z)])
+    assert not torch.isfinite(out.loss)
+    with pytest.raises(FloatingPointError, match=r"not finite .*lambda=.*m=4, d=3, order=4"):
+        unchecked.check_output(out)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        MaximumEntropyCodingLoss(eps=1.0)([(z, z)])

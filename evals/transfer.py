@@ -39,6 +39,7 @@ from mec.config import data_identity
 from mec.data import _unverified
 from mec.monitor import Features
 from mec.run import select_device
+from mec.threads import loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ def _features(job: EvalJob, name: str, root: str, split: str, size: int) -> tupl
         net = net.to(device).eval()
         feats, labels = [], []
         with torch.no_grad():
-            for images, targets in DataLoader(dataset, batch_size=128, num_workers=job.cfg.data.num_workers):
+            workers = loader_workers(job.cfg.data.num_workers)
+            for images, targets in DataLoader(dataset, batch_size=128, num_workers=workers):
                 feats.append(net(images.to(device)).float().cpu())
                 labels.append(torch.stack(targets, dim=1) if isinstance(targets, list)
                               else torch.as_tensor(np.asarray(targets)))

@@ -71,6 +71,7 @@ from mec import checkpoint as ckpt
 from mec.augment import IMAGENET_MEAN, IMAGENET_STD
 from mec.data import build_loader
 from mec.run import JobProcess, job_process, logged_run, resume_latest, seed_everything
+from mec.threads import loader_workers
 from mec.train import epoch_seed
 from mec.trees import params_hash
 
@@ -301,8 +302,8 @@ def finetune(job: EvalJob, s: Settings, data: TransferData, run: Training, proc:
         raise ValueError(f"{PREFIX}: options.batch_size={s.batch_size} exceeds the {len(run.dataset)} images "
                          f"{s.dataset} trains on; lower it")
     loader = build_loader(run.dataset, proc.local_batch(s.batch_size, f"{PREFIX}: options.batch_size"),
-                          shuffle=True, drop_last=True, num_workers=job.cfg.data.num_workers, seed=s.seed,
-                          distributed=proc.distributed)
+                          shuffle=True, drop_last=True, num_workers=loader_workers(job.cfg.data.num_workers),
+                          seed=s.seed, distributed=proc.distributed)
     steps_per_epoch = len(loader)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -405,7 +406,7 @@ def _search(job: EvalJob, s: Settings, metric: str, proc: JobProcess, logger: An
     scores_path = work / SCORES_FILE
     scores = _from_rank0(proc, _read_scores(scores_path) if proc.main else None)
     data = transfer_data(s)
-    workers = job.cfg.data.num_workers
+    workers = loader_workers(job.cfg.data.num_workers)
     grid = [(lr, wd) for lr in s.lrs for wd in s.wds]
     for index, (lr, wd) in enumerate(grid):
         key = point_key(lr, wd)

@@ -200,6 +200,9 @@ class OptimConfig(_Section):
     lars_trust_coefficient: float = Field(0.001, gt=0)
     # LARS recipes exclude biases and BN parameters from weight decay and adaptation.
     exclude_bias_and_norm: bool = True
+    # SGD on a GPU: torch's fused kernel (one launch for every parameter) instead of the default multi-tensor
+    # one; the same arithmetic. timm's LARS has no fused form.
+    fused: bool = True
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> OptimConfig:
@@ -227,7 +230,11 @@ class TrainConfig(_Section):
     channels_last: bool = True  # CUDA only
     output_dir: str = "results/runs/default"
     checkpoint_keep: int = Field(2, ge=1)
+    # Steps between reads of the loss (logged, and checked for non-finite or diverged values): reading it
+    # waits for the device, so the steps in between never do.
     log_every: int = Field(10, ge=1)
+    # torch.compile the training forward (student, teacher, projector, predictor); compiles at the first step.
+    compile: bool = False
 
 
 class TrackingConfig(_Section):

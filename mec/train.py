@@ -28,13 +28,12 @@ from pathlib import Path
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from mec import checkpoint as ckpt
 from mec import distributed as dist_env
-from mec.augment import build_pretrain_views, eval_transform
+from mec.augment import eval_transform
 from mec.config import Config, ConfigError
-from mec.data import build_eval_dataset, build_loader, build_pretrain_dataset
+from mec.data import build_eval_dataset, build_loader
 from mec.loss import (
     DIVERGED_SPECTRAL_NORM,
     CodingLengthOutput,
@@ -52,8 +51,10 @@ from mec.models import (
 )
 from mec.monitor import effective_rank, extract_features, feature_quality
 from mec.optim import build_optimizer
+from mec.pretrain_input import PretrainInput, build_pretrain_input
 from mec.run import JobProcess, job_process, logged_run, resume_latest, seed_everything
 from mec.schedules import lambda_warmup_scale, teacher_momentum, warmup_cosine
+from mec.threads import loader_workers
 from mec.tracking import RunLogger, environment_tags
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ class Pretraining:
 
     cfg: Config
     proc: JobProcess
-    loader: DataLoader
+    input: PretrainInput  # the loader and what makes views of its batches on the device
     model: MECModel
     train_model: torch.nn.Module  # MultiCropForward(model), wrapped in DistributedDataParallel under DDP
     loss_fn: MaximumEntropyCodingLoss
@@ -232,31 +233,26 @@ class Pretraining:
 
 @dataclass
 class EpochStats:
-    loss: float = 0.0  # summed over the epoch's steps
-    coding_length: float = 0.0
+    # Summed over the epoch's steps on the device (0-d tensors after the first step): read once, at its end.
+    loss: torch.Tensor | float = 0.0
+    coding_length: torch.Tensor | float = 0.0
     started: float = field(default_factory=time.monotonic)
 
 
-def build_pretrain_loader(cfg: Config, proc: JobProcess) -> DataLoader:
-    crops = cfg.data.multi_crop
-    views = build_pretrain_views(cfg.data.augment, cfg.data.image_size, local_crops=crops.local_crops,
-                                 local_size=crops.local_size, local_scale=crops.local_scale,
-                                 **cfg.data.augment_options)
-    dataset = build_pretrain_dataset(
-        cfg.data.name, cfg.data.root, views, download=cfg.data.download, digits_params=cfg.data.digits_params(),
-        positives=cfg.data.positives, source_pair_p=cfg.data.source_pair_p,
-        verify_checksums=cfg.data.verify_checksums,
-    )
-    loader = build_loader(
-        dataset, proc.local_batch(cfg.optim.batch_size, "optim.batch_size"), shuffle=True, drop_last=True,
-        num_workers=cfg.data.num_workers, seed=cfg.train.seed, distributed=proc.distributed,
-    )
-    if len(loader) == 0:
-        raise ConfigError(
-            f"optim.batch_size={cfg.optim.batch_size} is larger than the data set ({len(dataset)} images "
-            f"in {cfg.data.root}); lower optim.batch_size"
-        )
-    return loader
+@dataclass
+class StepOutput:
+    """One step's results, left on the device until read: reading waits for the device, so the loop reads
+    (and checks) the steps since the last read only every ``train.log_every`` steps and at the epoch's end."""
+
+    step: int  # the step's 0-based index
+    epoch: int
+    out: CodingLengthOutput
+    first_pair: tuple[torch.Tensor, torch.Tensor]  # (z1, p2), detached: ||C||_2 when a check needs it
+    metrics: dict[str, float]  # what the host knows without reading the device (lr, lambda, measured values)
+
+    def read(self) -> dict[str, float]:
+        return {"train/loss": float(self.out.loss.detach()), "train/coding_length": float(self.out.coding_length),
+                **self.metrics}
 
 
 def prepare_model(cfg: Config, device: torch.device) -> MECModel:
@@ -271,14 +267,16 @@ def prepare_model(cfg: Config, device: torch.device) -> MECModel:
 
 def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -> Pretraining:
     """Data, model, loss and optimiser, resumed from the newest checkpoint when there is one."""
-    loader = build_pretrain_loader(cfg, proc)
+    pretrain_input = build_pretrain_input(cfg, proc)
     model = prepare_model(cfg, proc.device)
+    # Non-finite losses are caught where the loop reads them (`check_steps`), not by a read in every step.
     loss_fn = MaximumEntropyCodingLoss(
-        eps=cfg.loss.eps, order=cfg.loss.order, side=cfg.loss.side, parametrisation=cfg.loss.parametrisation
+        eps=cfg.loss.eps, order=cfg.loss.order, side=cfg.loss.side, parametrisation=cfg.loss.parametrisation,
+        check_finite=False,
     )
-    optimizer = build_optimizer(model, cfg.optim, cfg.lr)
-    job = Pretraining(cfg, proc, loader, model, MultiCropForward(model), loss_fn, optimizer, len(loader),
-                      run_id=given_run_id)
+    optimizer = build_optimizer(model, cfg.optim, cfg.lr, on_gpu=proc.device.type == "cuda")
+    job = Pretraining(cfg, proc, pretrain_input, model, MultiCropForward(model), loss_fn, optimizer,
+                      len(pretrain_input.loader), run_id=given_run_id)
     local = f" and {job.crops - 2} local views of {cfg.data.multi_crop.local_size} px" if job.crops > 2 else ""
     log.info("%d crops per image: 2 global views of %d px%s", job.crops, cfg.data.image_size, local)
     resumed = resume_latest(job.ckpt_dir, model=model, optimizer=optimizer)
@@ -295,6 +293,10 @@ def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -
     if proc.distributed:
         job.train_model = DistributedDataParallel(
             job.train_model, device_ids=[proc.device.index] if job.cuda_extras else None)
+    if cfg.train.compile:
+        # Compiles lazily, at the first step (minutes for a ResNet-50 on a GPU); the eager modules keep the
+        # parameters, so checkpoints and the teacher update are unchanged.
+        job.train_model = torch.compile(job.train_model)
     return job
 
 
@@ -323,32 +325,56 @@ def open_pretrain_logger(job: Pretraining, config_file: Path | None) -> RunLogge
 
 
 def train_one_epoch(job: Pretraining, epoch: int, logger: RunLogger | None) -> EpochStats:
-    """One pass over the loader: a step per batch, its metrics every ``train.log_every`` steps."""
-    cfg, loader = job.cfg, job.loader
-    # The loader's generator seeds the shuffle and the workers' augmentations; deriving it from
-    # (seed, epoch, rank) lets a resumed run draw what the uninterrupted run would have. Randomness
-    # in this process comes from the RNG state restored from the checkpoint.
-    loader.generator.manual_seed(epoch_seed(cfg.train.seed, epoch, job.proc.rank))
-    loader.sampler.set_epoch(epoch)
+    """One pass over the loader: a step per batch; every ``train.log_every`` steps the steps since the last
+    read are read and checked (`check_steps`) and the last one's metrics logged."""
+    cfg = job.cfg
+    # The input's generators seed the shuffle and the augmentations; deriving them from (seed, epoch, rank)
+    # lets a resumed run draw what the uninterrupted run would have. Randomness in this process comes from
+    # the RNG state restored from the checkpoint.
+    job.input.start_epoch(epoch, epoch_seed(cfg.train.seed, epoch, job.proc.rank))
     job.model.train()
     stats = EpochStats()
-    for views, _ in _progress(loader, job.steps_per_epoch, f"epoch {epoch + 1}", job.proc.main):
-        metrics = train_step(job, epoch, *views)
-        stats.loss += metrics["train/loss"]
-        stats.coding_length += metrics["train/coding_length"]
-        if logger is not None and (job.step % cfg.train.log_every == 0 or job.step == 1):
-            logger.log_metrics(metrics, job.step)
-            if not sys.stderr.isatty():
-                log.info("epoch %d step %d/%d loss %.5f lr %.4g lambda %.4g", epoch + 1, job.step,
-                         job.total_steps, metrics["train/loss"], metrics["train/lr"], metrics["train/lambda"])
+    unread: list[StepOutput] = []
+    for batch in _progress(job.input.loader, job.steps_per_epoch, f"epoch {epoch + 1}", job.proc.main):
+        done = train_step(job, epoch, *job.input.views(batch))
+        stats.loss += done.out.loss.detach()
+        stats.coding_length += done.out.coding_length
+        unread.append(done)
+        if job.step % cfg.train.log_every == 0 or job.step == 1:
+            check_steps(job, unread)
+            unread.clear()
+            if logger is not None:
+                metrics = done.read()
+                logger.log_metrics(metrics, job.step)
+                if not sys.stderr.isatty():
+                    log.info("epoch %d step %d/%d loss %.5f lr %.4g lambda %.4g", epoch + 1, job.step,
+                             job.total_steps, metrics["train/loss"], metrics["train/lr"], metrics["train/lambda"])
+    check_steps(job, unread)
     return stats
 
 
-def train_step(job: Pretraining, epoch: int, *views: torch.Tensor) -> dict[str, float]:
+def check_steps(job: Pretraining, steps: list[StepOutput]) -> None:
+    """Read the losses of `steps` (one wait for the device) and stop at the first that is not finite
+    (FloatingPointError naming its step) or whose series has diverged (`stop_if_diverged`)."""
+    if not steps:
+        return
+    torch.stack([s.out.loss.detach() for s in steps]).tolist()  # one synchronisation for all of them
+    for s in steps:
+        try:
+            job.loss_fn.check_output(s.out)
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"step {s.step} (epoch {s.epoch + 1}): {exc}") from None
+        if job.cfg.loss.order is not None:
+            z1, p2 = s.first_pair
+            stop_if_diverged(job, s.epoch, s.out, s.metrics.get("train/spectral_norm"),
+                             measure=lambda z1=z1, p2=p2, lam=s.out.lam: _spectral_norm_of(z1, p2, lam), step=s.step)
+
+
+def train_step(job: Pretraining, epoch: int, *views: torch.Tensor) -> StepOutput:
     """One optimiser step on one batch: the two global views, then any local views (multi-crop), each a
-    [batch, 3, H, W] tensor; returns the step's metrics (``job.step`` advances)."""
+    [batch, 3, H, W] tensor on the device; returns the step's output unread (``job.step`` advances). Nothing
+    here waits for the device except the occasional rank and ||C||_2 measurements."""
     cfg, model = job.cfg, job.model
-    views = tuple(v.to(job.proc.device, non_blocking=True) for v in views)
     if job.cuda_extras and cfg.train.channels_last:
         views = tuple(v.contiguous(memory_format=torch.channels_last) for v in views)
     lr = warmup_cosine(job.step, job.total_steps, round(cfg.optim.warmup_epochs * job.steps_per_epoch), cfg.lr)
@@ -363,12 +389,8 @@ def train_step(job: Pretraining, epoch: int, *views: torch.Tensor) -> dict[str, 
     # pairs are one (Algorithm 1). The loss leaves autocast and evaluates the series in float32 (bf16 powers
     # of C lose the higher terms).
     z1, p2 = targets[0], students[1]  # the first pair, for the rank and ||C||_2 estimates
-    try:
-        out = job.loss_fn.multi_crop(targets, students, lambda_scale=scale, symmetric=model.symmetric)
-    except FloatingPointError as exc:
-        raise FloatingPointError(f"step {job.step} (epoch {epoch + 1}): {exc}") from None
-    metrics = {"train/loss": out.loss.item(), "train/coding_length": float(out.coding_length), "train/lr": lr,
-               "train/lambda": out.lam}
+    out = job.loss_fn.multi_crop(targets, students, lambda_scale=scale, symmetric=model.symmetric)
+    metrics = {"train/lr": lr, "train/lambda": out.lam}
     number = job.step + 1  # the step's number in the metrics (1-based)
     every = cfg.loss.spectral_norm_every
     if every and (number % every == 0 or number == 1):
@@ -376,25 +398,23 @@ def train_step(job: Pretraining, epoch: int, *views: torch.Tensor) -> dict[str, 
         metrics["train/embedding_rank"] = effective_rank(p2)
         if cfg.loss.order is not None:
             metrics["train/spectral_norm"] = _spectral_norm_of(z1, p2, out.lam)
-    if cfg.loss.order is not None:
-        stop_if_diverged(job, epoch, out, metrics.get("train/spectral_norm"),
-                         measure=lambda: _spectral_norm_of(z1, p2, out.lam))
     job.optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     job.optimizer.step()
     metrics["train/teacher_momentum"] = teacher_momentum(job.step, job.total_steps, cfg.model.teacher_momentum)
     if cfg.model.use_teacher:
         model.update_teacher(metrics["train/teacher_momentum"])
+    done = StepOutput(job.step, epoch, out, (z1.detach(), p2.detach()), metrics)
     job.step += 1
-    return metrics
+    return done
 
 
 def stop_if_diverged(job: Pretraining, epoch: int, out: CodingLengthOutput, measured: float | None,
-                     measure: Callable[[], float]) -> None:
+                     measure: Callable[[], float], step: int | None = None) -> None:
     """Raise FloatingPointError when the Taylor series has clearly diverged, whatever loss.convergence_check says.
 
-    Clearly diverged: the loss is one no convergent series can give (`convergent_loss_bound`, checked each
-    step; ``measure`` then gives ||C||_2 for the message), or ``measured`` ||C||_2 (each
+    Clearly diverged: the loss is one no convergent series can give (`convergent_loss_bound`, checked for
+    each step; ``measure`` then gives ||C||_2 for the message), or ``measured`` ||C||_2 (each
     ``loss.spectral_norm_every`` steps) exceeds DIVERGED_SPECTRAL_NORM. Every rank decides alike: the loss is
     the global batch's, and the largest ||C||_2 over ranks counts.
     """
@@ -408,11 +428,12 @@ def stop_if_diverged(job: Pretraining, epoch: int, out: CodingLengthOutput, meas
     if abs(loss) <= bound and (measured is None or measured <= DIVERGED_SPECTRAL_NORM):
         return
     d = job.cfg.model.embedding_dim
+    step = job.step if step is None else step
     why = (f"loss {loss:.4g} is beyond the |loss| <= {bound:.3g} a convergent series gives; measured ||C||_2 = "
            f"{measured:.4g}" if abs(loss) > bound else
            f"measured ||C||_2 = {measured:.4g} is above {DIVERGED_SPECTRAL_NORM:g}; loss {loss:.4g}")
     raise FloatingPointError(
-        f"step {job.step} (epoch {epoch + 1}): the order-{job.cfg.loss.order} Taylor series has diverged ({why}; "
+        f"step {step} (epoch {epoch + 1}): the order-{job.cfg.loss.order} Taylor series has diverged ({why}; "
         f"the series converges only for ||C||_2 < 1) at lambda*m = {out.lam * out.m:.4g} (lambda={out.lam:.4g}, "
         f"m={out.m}, d={d}). Use a larger loss.eps (above {math.sqrt(d):.3g} guarantees convergence), a longer "
         "loss.lambda_warmup_epochs, or loss.order=null (exact log-determinant)"
@@ -422,9 +443,11 @@ def stop_if_diverged(job: Pretraining, epoch: int, out: CodingLengthOutput, meas
 def end_epoch(job: Pretraining, epoch: int, stats: EpochStats, logger: RunLogger) -> None:
     """Rank 0: the epoch's metrics, then the checkpoint that marks the epoch done, then pruning."""
     seconds = time.monotonic() - stats.started
-    mean_loss = stats.loss / job.steps_per_epoch
-    logger.log_metrics({"epoch/loss": mean_loss, "epoch/coding_length": stats.coding_length / job.steps_per_epoch,
-                        "epoch/seconds": seconds, "epoch/epoch": epoch + 1}, job.step)
+    mean_loss = float(stats.loss) / job.steps_per_epoch
+    logger.log_metrics({"epoch/loss": mean_loss,
+                        "epoch/coding_length": float(stats.coding_length) / job.steps_per_epoch,
+                        "epoch/seconds": seconds, "epoch/epoch": epoch + 1,
+                        "data/skipped_images": job.input.skipped_images()}, job.step)
     # Metrics reach the journal (and, when it answers, the store) before the checkpoint that marks the epoch done.
     logger.flush()
     ckpt.save_checkpoint(ckpt.checkpoint_path(job.ckpt_dir, epoch + 1),
@@ -470,7 +493,7 @@ def monitor_backbone(cfg: Config, backbone: torch.nn.Module, device: torch.devic
         dataset = build_eval_dataset(cfg.data.name, cfg.data.root, transform, split,
                                      download=cfg.data.download, digits_params=cfg.data.digits_params())
         splits[split] = build_loader(dataset, 256, shuffle=False, drop_last=False,
-                                     num_workers=cfg.data.num_workers, seed=0, distributed=False)
+                                     num_workers=loader_workers(cfg.data.num_workers), seed=0, distributed=False)
     # The baseline keeps every residual branch active: zero-initialised residual BNs would make each block
     # the identity and the random network needlessly weak (eval-mode kNN 0.09 vs 0.16 on the digits).
     torch.manual_seed(cfg.train.seed)

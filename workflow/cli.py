@@ -5,6 +5,7 @@
                                                       evaluate an existing backbone through the same DAG
   mec tables                                          summary, paper tables and figures from the MLflow runs
   mec install-detectron2                              install detectron2 (pinned) for the transfer evaluation
+  mec bench --config imagenet-100ep                   images/s of the step, each input path and the whole loop
 
 Run `mec COMMAND --help` for a command's options.
 """
@@ -81,6 +82,26 @@ def _evaluate(args: argparse.Namespace) -> int:
         overrides=args.overrides, experiment=args.experiment, output=args.output, tracking_uri=args.tracking_uri,
         cores=args.cores, launcher=args.launcher,
     )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from mec.bench import describe_machine, format_results, run_bench, write_jpeg_tree
+    from mec.run import select_device
+
+    cfg = load_config(args.config, args.overrides)
+    with tempfile.TemporaryDirectory() as scratch:
+        data = args.data
+        if data is None:
+            images = args.images or (args.warmup + args.steps) * cfg.optim.batch_size
+            data = write_jpeg_tree(Path(scratch), images)
+            print(f"mec bench: wrote {images} JPEGs of about 400 x 350 px to {data}")
+        overrides = [*args.overrides, "data.name=imagefolder", f"data.root={data}"]
+        cfg = load_config(args.config, overrides)
+        results = run_bench(cfg, steps=args.steps, warmup=args.warmup)
+    print(format_results(results, cfg, describe_machine(select_device(cfg.train.device))))
+    return 0
 
 
 def _install_detectron2(args: argparse.Namespace) -> int:
@@ -161,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="m = d of the synthetic embeddings of the by-lambda figure (default: 2048, the "
                              "paper's)")
     taylor.set_defaults(run=_taylor_figure)
+
+    bench = commands.add_parser(
+        "bench", help="measure the training step, each input path and the whole loop (images/s)",
+        description="Images/s, side by side in one process: the training step on synthetic views on the device, "
+                    "each input path alone (per_image: workers decode and augment; device: the device decodes "
+                    "and augments the batch), the configured loop end to end, and its busy fraction (mec/bench.py).")
+    bench.add_argument("--config", default="imagenet-100ep", help="YAML file or shipped config (default: "
+                       "imagenet-100ep, the released recipe)")
+    bench.add_argument("--data", type=Path, help="an ImageFolder root (with train/); default: JPEGs of ImageNet's "
+                       "average size written to a temporary folder")
+    bench.add_argument("--images", type=int, help="JPEGs to write without --data (default: enough batches)")
+    bench.add_argument("--steps", type=int, default=10, help="timed batches per figure (default: 10)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed batches first (default: 3)")
+    bench.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="config overrides, e.g. optim.batch_size=32 train.compile=true")
+    bench.set_defaults(run=_bench)
 
     d2 = commands.add_parser(
         "install-detectron2", help="install detectron2 (pinned) into this Python",

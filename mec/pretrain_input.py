@@ -3,8 +3,8 @@
 Two paths, chosen by ``data.loader`` (`mec.config.resolve_loader`):
 
 - ``per_image``: DataLoader workers decode each file with Pillow and augment it with torchvision's per-image
-  transforms (`mec.augment`); a batch arrives as views already, and is copied to the device. The CPU path, and
-  the default without a GPU.
+  transforms (`mec.augment`); a batch arrives as uint8 views, copied to the device and normalised there
+  (`mec.augment.normalise_on_the_device`). The CPU path, and the default without a GPU.
 - ``device``: workers only read the files' bytes (`mec.encoded.EncodedImages`); the main process decodes the
   batch on the job's device (nvJPEG on a GPU, `mec.encoded.ImageDecoder`) and augments it there as one batch
   with per-sample parameters (`mec.batch_augment`). Measured on an H100 (issue 14): 15 workers running the
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from mec.augment import build_pretrain_views
-from mec.batch_augment import BatchTwoView, batch_imagenet_two_view, batch_multi_crop
+from mec.augment import build_pretrain_views, normalise_on_the_device
+from mec.batch_augment import BatchTwoView, batch_imagenet_two_view, batch_multi_crop, normalize, to_float
 from mec.config import Config, ConfigError, resolve_loader
 from mec.data import build_loader, build_pretrain_dataset, skipped_images
 from mec.encoded import ImageDecoder, build_encoded_dataset, collate_encoded
@@ -55,6 +55,8 @@ class PretrainInput:
     loader: DataLoader
     device: torch.device
     device_views: DeviceViews | None = None  # None: the per-image path (views come from the workers)
+    # Per-image path: workers send uint8 views, normalised here with these once on the device.
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def path(self) -> str:
@@ -72,7 +74,8 @@ class PretrainInput:
         if self.device_views is not None:
             return self.device_views(batch)
         views, _ = batch
-        return tuple(v.to(self.device, non_blocking=True) for v in views)
+        mean, std = self.mean_std
+        return tuple(normalize(to_float(v.to(self.device, non_blocking=True)), mean, std) for v in views)
 
     def skipped_images(self) -> int:
         """Files skipped as unreadable so far (this process and its workers)."""
@@ -107,16 +110,16 @@ def build_pretrain_input(cfg: Config, proc: JobProcess) -> PretrainInput:
         result = PretrainInput(loader, proc.device, DeviceViews(decoder, _batch_views(cfg), torch.Generator()))
     else:
         crops = data.multi_crop
-        views = build_pretrain_views(data.augment, data.image_size, local_crops=crops.local_crops,
-                                     local_size=crops.local_size, local_scale=crops.local_scale,
-                                     **data.augment_options)
+        views, mean, std = normalise_on_the_device(build_pretrain_views(
+            data.augment, data.image_size, local_crops=crops.local_crops, local_size=crops.local_size,
+            local_scale=crops.local_scale, **data.augment_options))
         dataset = build_pretrain_dataset(
             data.name, data.root, views, download=data.download, digits_params=data.digits_params(),
             positives=data.positives, source_pair_p=data.source_pair_p, verify_checksums=data.verify_checksums,
         )
         loader = build_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
                               seed=cfg.train.seed, distributed=proc.distributed)
-        result = PretrainInput(loader, proc.device)
+        result = PretrainInput(loader, proc.device, mean_std=(mean, std))
     if len(loader) == 0:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} is larger than the data set ({len(dataset)} images "

@@ -189,3 +189,27 @@ def test_unknown_names_and_bad_arguments_raise_clear_errors():
         imagenet_two_view(-1)
     with pytest.raises(TypeError):
         TwoViewTransform("not callable", lambda x: x)
+
+
+@pytest.mark.parametrize("recipe", ["imagenet", "cifar", "digits"])
+@pytest.mark.parametrize("local_crops", [0, 2])
+def test_views_normalised_on_the_device_are_the_same_numbers(recipe, local_crops):
+    """Workers send uint8 views; normalising the batch afterwards gives what ToTensor + Normalize gave, with the
+    same random draws."""
+    from mec.augment import build_pretrain_views, normalise_on_the_device
+    from mec.batch_augment import normalize, to_float
+
+    size = 32
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    views = build_pretrain_views(recipe, size, local_crops=local_crops, local_size=16)
+    later, mean, std = normalise_on_the_device(views)
+    torch.manual_seed(3)
+    expected = views(image)
+    torch.manual_seed(3)
+    raw = later(image)
+    assert len(raw) == len(expected) == 2 + local_crops
+    for got, want in zip(raw, expected, strict=True):
+        assert got.dtype == torch.uint8
+        assert torch.allclose(normalize(to_float(got.unsqueeze(0)), mean, std)[0], want, atol=1e-6)
+    with pytest.raises(ValueError, match="ending in ToTensor"):
+        normalise_on_the_device(TwoViewTransform(T.Compose([T.ToTensor()]), views.view2))

@@ -129,7 +129,17 @@ class ViewParams:
         return self.boxes.shape[0]
 
     def to(self, device: torch.device | str) -> ViewParams:
-        return ViewParams(**{field.name: getattr(self, field.name).to(device) for field in fields(self)})
+        return ViewParams(**{field.name: to_device(getattr(self, field.name), device) for field in fields(self)})
+
+
+def to_device(tensor: Tensor, device: torch.device | str) -> Tensor:
+    """`tensor` on `device` without the host waiting for the device: a copy from pageable host memory to a GPU
+    waits for the stream's queued work (the previous training step), so small host tensors (parameters drawn on
+    the host, labels) go through pinned memory (PyTorch's caching host allocator) and an asynchronous copy."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _check_generator(generator: torch.Generator) -> None:
@@ -350,7 +360,7 @@ def resized_crop_each(images: Sequence[Tensor], boxes: Tensor, size: int, flip: 
         crops.append(nnf.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                                      antialias=True))
     out = torch.cat(crops)
-    return out if flip is None else hflip(out, flip.to(out.device))
+    return out if flip is None else hflip(out, to_device(flip, out.device))
 
 
 def hflip(images: Tensor, mask: Tensor) -> Tensor:
@@ -525,8 +535,8 @@ def normalize(images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequen
     _check_batch(images)
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ValueError(f"mean and std must have 3 values each, std > 0, got mean={mean!r}, std={std!r}")
-    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    mean_t = to_device(torch.tensor(mean, dtype=images.dtype), images.device).view(1, 3, 1, 1)
+    std_t = to_device(torch.tensor(std, dtype=images.dtype), images.device).view(1, 3, 1, 1)
     return (images - mean_t) / std_t
 
 

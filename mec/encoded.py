@@ -56,6 +56,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from mec.batch_augment import to_device
 from mec.config import FOLDER_DATASETS
 from mec.data import DataIntegrityError, _build_dataset
 
@@ -333,15 +334,15 @@ class ImageDecoder:
         n = len(batch.data)
         paths = [self.paths[index] for index in batch.indices.tolist()]
         images: list[torch.Tensor | None] = [None] * n
-        to_device = [i for i, data in enumerate(batch.data) if for_device_decoder(_bytes_of(data))]
-        for i, image in self._decode_on_device(batch, to_device, paths).items():
+        device_slots = [i for i, data in enumerate(batch.data) if for_device_decoder(_bytes_of(data))]
+        for i, image in self._decode_on_device(batch, device_slots, paths).items():
             images[i] = image
         # The rest, and any JPEG the device's decoder failed on, on the CPU.
         reasons: dict[int, str] = {}
         for i in range(n):
             if images[i] is None:
                 try:
-                    images[i] = decode_on_cpu(batch.data[i]).to(self.device)
+                    images[i] = to_device(decode_on_cpu(batch.data[i]), self.device)
                 except UndecodableImage as err:
                     reasons[i] = _why_no_bytes(paths[i]) if batch.data[i].numel() == 0 else str(err)
         return self._fill_skipped(batch, paths, images, reasons)
@@ -391,7 +392,7 @@ class ImageDecoder:
         for i in sorted(reasons):
             j = next((k for k in good if k > i), good[0])
             images[i], labels[i] = images[j], labels[j]
-        return DecodedBatch(images, labels.to(self.device), skipped)  # type: ignore[arg-type]
+        return DecodedBatch(images, to_device(labels, self.device), skipped)  # type: ignore[arg-type]
 
 
 def _why_no_bytes(path: str) -> str:

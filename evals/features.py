@@ -31,10 +31,10 @@ import torch
 from evals.job import EvalJob, load_frozen_backbone
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform
-from mec.batch_eval import CenterView, eval_loader, skipped_images
+from mec.batch_eval import CenterView, eval_loader
 from mec.config import Config, DataConfig, data_identity, resolve_loader
 from mec.data import build_eval_dataset
-from mec.encoded import EncodedImages
+from mec.encoded import EncodedImages, skipped_images
 from mec.monitor import Features, extract_features
 from mec.run import select_device
 from mec.threads import loader_workers

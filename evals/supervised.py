@@ -36,10 +36,10 @@ from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import resolve_split
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform, probe_train_transform
-from mec.batch_eval import CenterView, DecodedLoader, ProbeTrainView, eval_loader, skipped_images
+from mec.batch_eval import CenterView, ProbeTrainView, eval_loader
 from mec.config import DataConfig, resolve_loader
 from mec.data import build_eval_dataset
-from mec.encoded import EncodedImages
+from mec.encoded import DecodedLoader, EncodedImages, skipped_images
 from mec.run import JobProcess, job_process, logged_run, resume_latest
 from mec.threads import loader_workers
 from mec.tracking import RunLogger

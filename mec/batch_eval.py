@@ -24,18 +24,17 @@ On the device path (`data.loader`, `mec.config.resolve_loader`) DataLoader worke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from mec.batch_augment import normalize, resized_crop_each, sample_crop_boxes
 from mec.data import build_loader
-from mec.data import skipped_images as data_skipped
-from mec.encoded import EncodedImages, ImageDecoder, collate_encoded
+from mec.encoded import DecodedLoader, View, collate_encoded, encoded_images
 
 # torchvision's RandomResizedCrop defaults, which `probe_train_transform("imagenet", size)` keeps.
 PROBE_CROP_SCALE = (0.08, 1.0)
@@ -142,63 +141,13 @@ class ProbeTrainView:
 
 # ---------------------------------------------------------------------------------------------------- loaders
 
-# A view of a decoded batch: (images, the loader's CPU generator) -> float [N, 3, S, S] (CenterView, ProbeTrainView).
-View = Callable[[Sequence[Tensor], torch.Generator], Tensor]
-
-
-def _encoded(dataset: Dataset) -> EncodedImages | None:
-    """The `EncodedImages` a data set is (or a `Subset` of: its items keep the whole set's indices), else None."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return dataset if isinstance(dataset, EncodedImages) else None
-
-
-class DecodedLoader:
-    """A DataLoader of `EncodedBatch`es read as (images, labels) batches on `device`, as a per-image loader gives
-    them: each batch is decoded there (`ImageDecoder`, which counts and names the files it skips) and `view` makes
-    the float batch, drawing from `generator` (a CPU generator; `set_epoch` reseeds it with the sampler)."""
-
-    def __init__(self, loader: DataLoader, device: torch.device | str, view: View) -> None:
-        encoded = _encoded(loader.dataset)
-        if encoded is None:
-            raise ValueError(f"DecodedLoader reads EncodedImages, got {type(loader.dataset).__name__}")
-        self.loader = loader
-        self.view = view
-        self.decoder = ImageDecoder([path for path, _ in encoded.samples], device)
-        self.generator = torch.Generator()
-
-    @property
-    def sampler(self):  # the loader's DistributedSampler, as `loader.sampler.set_epoch` expects
-        return self.loader.sampler
-
-    def set_epoch(self, epoch: int, view_seed: int) -> None:
-        """The epoch's sample order (the sampler's) and random views (`view_seed`, e.g. `mec.train.epoch_seed`)."""
-        self.loader.sampler.set_epoch(epoch)
-        self.generator.manual_seed(view_seed)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for batch in self.loader:
-            decoded = self.decoder(batch)
-            yield self.view(decoded.images, self.generator), decoded.labels
-
-
 def eval_loader(dataset: Dataset, batch_size: int, view: View, device: torch.device | str, *, shuffle: bool,
                 num_workers: int, seed: int, distributed: bool = False) -> DataLoader | DecodedLoader:
     """The (images, labels) loader of an evaluation: `mec.data.build_loader`'s over a data set of transformed
     images (the per-image path; `view` and `device` unused), a `DecodedLoader` over `EncodedImages` (the device
     path: workers read bytes, kept across epochs, as they draw nothing at random)."""
-    encoded = _encoded(dataset) is not None
+    encoded = encoded_images(dataset) is not None
     loader = build_loader(dataset, batch_size, shuffle=shuffle, drop_last=False, num_workers=num_workers, seed=seed,
                           distributed=distributed, collate_fn=collate_encoded if encoded else None,
                           persistent_workers=encoded)
     return DecodedLoader(loader, device, view) if encoded else loader
-
-
-def skipped_images(*loaders: DataLoader | DecodedLoader) -> int:
-    """Unreadable files the `loaders` skipped so far, whichever path: a `DecodedLoader`'s decoder counts them
-    in this process, a per-image loader's data set across its workers (`mec.data.skipped_images`)."""
-    return sum(loader.decoder.skipped_total if isinstance(loader, DecodedLoader) else data_skipped(loader.dataset)
-               for loader in loaders)

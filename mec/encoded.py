@@ -46,19 +46,20 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torchvision
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from mec.batch_augment import to_device
 from mec.config import FOLDER_DATASETS
 from mec.data import DataIntegrityError, _build_dataset
+from mec.data import skipped_images as data_skipped
 
 log = logging.getLogger(__name__)
 
@@ -407,3 +408,58 @@ def _why_no_bytes(path: str) -> str:
 def _bytes_of(data: torch.Tensor) -> memoryview:
     """The bytes of a CPU uint8 tensor, without a copy."""
     return memoryview(data.numpy()) if data.numel() else memoryview(b"")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loaders of decoded batches.
+
+
+# A view of a decoded batch: (images, the loader's CPU generator) -> float [N, 3, S, S] (`mec.batch_eval`'s CenterView,
+# ProbeTrainView), or a tuple of such batches (pretraining's views, `mec.batch_augment.BatchTwoView`).
+View = Callable[[Sequence[torch.Tensor], torch.Generator], torch.Tensor | tuple[torch.Tensor, ...]]
+
+
+def encoded_images(dataset: Dataset) -> EncodedImages | None:
+    """The `EncodedImages` a data set is (or a `Subset` of: its items keep the whole set's indices), else None."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset if isinstance(dataset, EncodedImages) else None
+
+
+class DecodedLoader:
+    """A DataLoader of `EncodedBatch`es read as (images, labels) batches on `device`, as a per-image loader gives
+    them: each batch is decoded there (`ImageDecoder`, which counts and names the files it skips) and `view` makes
+    the float batch, drawing from `generator` (a CPU generator; `set_epoch` reseeds it with the sampler)."""
+
+    def __init__(self, loader: DataLoader, device: torch.device | str, view: View) -> None:
+        encoded = encoded_images(loader.dataset)
+        if encoded is None:
+            raise ValueError(f"DecodedLoader reads EncodedImages, got {type(loader.dataset).__name__}")
+        self.loader = loader
+        self.view = view
+        self.decoder = ImageDecoder([path for path, _ in encoded.samples], device)
+        self.generator = torch.Generator()
+
+    @property
+    def sampler(self):  # the loader's DistributedSampler, as `loader.sampler.set_epoch` expects
+        return self.loader.sampler
+
+    def set_epoch(self, epoch: int, view_seed: int) -> None:
+        """The epoch's sample order (the sampler's) and random views (`view_seed`, e.g. `mec.train.epoch_seed`)."""
+        self.loader.sampler.set_epoch(epoch)
+        self.generator.manual_seed(view_seed)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor]]:
+        for batch in self.loader:
+            decoded = self.decoder(batch)
+            yield self.view(decoded.images, self.generator), decoded.labels
+
+
+def skipped_images(*loaders: DataLoader | DecodedLoader) -> int:
+    """Unreadable files the `loaders` skipped so far, whichever path: a `DecodedLoader`'s decoder counts them
+    in this process, a per-image loader's data set across its workers (`mec.data.skipped_images`)."""
+    return sum(loader.decoder.skipped_total if isinstance(loader, DecodedLoader) else data_skipped(loader.dataset)
+               for loader in loaders)

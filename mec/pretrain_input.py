@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from mec.augment import build_pretrain_views, normalise_on_the_device
 from mec.batch_augment import BatchTwoView, batch_imagenet_two_view, batch_multi_crop, normalize, to_float
 from mec.config import Config, ConfigError, resolve_loader
-from mec.data import build_loader, build_pretrain_dataset, skipped_images
-from mec.encoded import ImageDecoder, build_encoded_dataset, collate_encoded
+from mec.data import build_loader, build_pretrain_dataset
+from mec.encoded import DecodedLoader, build_encoded_dataset, collate_encoded, skipped_images
 from mec.run import JobProcess
 from mec.threads import loader_workers
 
@@ -36,55 +36,42 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class DeviceViews:
-    """Decode a batch of file bytes on the device and draw its views there (the device path)."""
-
-    decoder: ImageDecoder
-    augment: BatchTwoView
-    # On the host: crop boxes index the decoded images from the host, so nothing waits for the device.
-    generator: torch.Generator
-
-    def __call__(self, batch) -> tuple[torch.Tensor, ...]:
-        return self.augment(self.decoder(batch).images, self.generator)
-
-
-@dataclass
 class PretrainInput:
-    """The loader and the step that makes views of its batches; `start_epoch` before each epoch."""
+    """The loader, yielding (views, labels) on either path, and `views`, which makes a batch's views normalised
+    on the device; `start_epoch` before each epoch."""
 
-    loader: DataLoader
+    loader: DataLoader | DecodedLoader  # a DecodedLoader on the device path
     device: torch.device
-    device_views: DeviceViews | None = None  # None: the per-image path (views come from the workers)
     # Per-image path: workers send uint8 views, normalised here with these once on the device.
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def path(self) -> str:
-        return "per_image" if self.device_views is None else "device"
+        return "device" if isinstance(self.loader, DecodedLoader) else "per_image"
 
     def start_epoch(self, epoch: int, seed: int) -> None:
-        """Seed everything random in this epoch's input from `seed` ((seed, epoch, rank), `mec.train.epoch_seed`)."""
-        self.loader.generator.manual_seed(seed)
-        self.loader.sampler.set_epoch(epoch)
-        if self.device_views is not None:
-            self.device_views.generator.manual_seed(seed)
+        """Seed everything random in this epoch's input from `seed` ((seed, epoch, rank), `mec.train.epoch_seed`):
+        the per-image path's workers, or the device path's host generator, and the sampler's order."""
+        if isinstance(self.loader, DecodedLoader):
+            self.loader.set_epoch(epoch, seed)
+        else:
+            self.loader.generator.manual_seed(seed)
+            self.loader.sampler.set_epoch(epoch)
 
     def views(self, batch) -> tuple[torch.Tensor, ...]:
-        """The batch's views ([batch, 3, H, W] each: two global, then any local ones) on the device."""
-        if self.device_views is not None:
-            return self.device_views(batch)
+        """The batch's views ([batch, 3, H, W] each: two global, then any local ones), normalised on the device."""
         views, _ = batch
+        if self.mean_std is None:
+            return views
         mean, std = self.mean_std
         return tuple(normalize(to_float(v.to(self.device, non_blocking=True)), mean, std) for v in views)
 
     def skipped_images(self) -> int:
         """Files skipped as unreadable so far (this process and its workers)."""
-        if self.device_views is not None:
-            return self.device_views.decoder.skipped_total
-        return skipped_images(self.loader.dataset)
+        return skipped_images(self.loader)
 
 
-def _batch_views(cfg: Config):
+def _batch_views(cfg: Config) -> BatchTwoView:
     crops = cfg.data.multi_crop
     if crops.local_crops:
         return batch_multi_crop(cfg.data.image_size, local_crops=crops.local_crops, local_size=crops.local_size,
@@ -103,11 +90,10 @@ def build_pretrain_input(cfg: Config, proc: JobProcess) -> PretrainInput:
     batch_size = proc.local_batch(cfg.optim.batch_size, "optim.batch_size")
     if path == "device":
         dataset = build_encoded_dataset(data.name, data.root, "train", data.digits_params())
-        loader = build_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                              seed=cfg.train.seed, distributed=proc.distributed, collate_fn=collate_encoded,
-                              persistent_workers=True)
-        decoder = ImageDecoder([p for p, _ in dataset.samples], proc.device)
-        result = PretrainInput(loader, proc.device, DeviceViews(decoder, _batch_views(cfg), torch.Generator()))
+        encoded = build_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                               seed=cfg.train.seed, distributed=proc.distributed, collate_fn=collate_encoded,
+                               persistent_workers=True)
+        result = PretrainInput(DecodedLoader(encoded, proc.device, _batch_views(cfg)), proc.device)
     else:
         crops = data.multi_crop
         views, mean, std = normalise_on_the_device(build_pretrain_views(
@@ -120,7 +106,7 @@ def build_pretrain_input(cfg: Config, proc: JobProcess) -> PretrainInput:
         loader = build_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
                               seed=cfg.train.seed, distributed=proc.distributed)
         result = PretrainInput(loader, proc.device, mean_std=(mean, std))
-    if len(loader) == 0:
+    if len(result.loader) == 0:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} is larger than the data set ({len(dataset)} images "
             f"in {data.root}); lower optim.batch_size"

@@ -23,10 +23,10 @@ from test_evals import _backbone, _job
 from evals import run_protocol
 from evals.features import INPUT_PATH, StaleFeaturesError, provenance, read_features, write_features
 from mec import checkpoint as ckpt
-from mec.batch_eval import DecodedLoader, ProbeTrainView, eval_loader
+from mec.batch_eval import ProbeTrainView, eval_loader
 from mec.config import ConfigError, build_config
 from mec.data import build_eval_dataset
-from mec.encoded import EncodedImages
+from mec.encoded import DecodedLoader, EncodedImages
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
 SIDES = [(19, 27), (41, 30), (24, 24), (33, 37), (28, 21)]

@@ -7,13 +7,15 @@ Two paths, chosen by ``data.loader`` (`mec.config.resolve_loader`):
   (`mec.augment.normalise_on_the_device`). The CPU path, and the default without a GPU.
 - ``device``: workers only read the files' bytes (`mec.encoded.EncodedImages`); the main process decodes the
   batch on the job's device (nvJPEG on a GPU, `mec.encoded.ImageDecoder`) and augments it there as one batch
-  with per-sample parameters (`mec.batch_augment`), through the `mec.encoded.DecodedLoader` the evaluations use. Measured on an H100 (issue 14): 15 workers running the
-  per-image path fed 155 images/s to a model that steps 1,325 images/s; nvJPEG decoded 16,300 images/s.
+  with per-sample parameters (`mec.batch_augment`), through the `mec.encoded.DecodedLoader` the evaluations
+  use. Measured on an H100 (issue 14): 15 workers running the per-image path fed 155 images/s to a model that
+  steps 1,325 images/s; nvJPEG decoded 16,300 images/s.
 
 Determinism across a resume: every epoch sets the sampler's epoch (the shuffle) and reseeds, from (seed, epoch,
 rank), what the augmentations draw from: the loader's generator (the per-image path's workers) or the host
-generator of the batched augmentations (the device path). The device path's draws happen in the main process, so its workers may persist across epochs.
-Both paths skip unreadable files (one warning naming each, counted in ``data/skipped_images``).
+generator of the batched augmentations (the device path). The device path's draws happen in the main process,
+so its workers may persist across epochs. Both paths skip unreadable files (one warning naming each, counted in
+``data/skipped_images``).
 """
 
 from __future__ import annotations

@@ -574,12 +574,15 @@ def _count_and_device(images: Tensor | Sequence[Tensor]) -> tuple[int, torch.dev
     return len(images), images[0].device
 
 
-def _list_sizes(images: Sequence[Tensor]) -> Tensor:
-    """[N, 2] (height, width) of a list of [3, H, W] images, on the host (read from their shapes)."""
-    _count_and_device(images)
-    bad = [tuple(image.shape) for image in images if image.ndim != 3 or image.shape[0] != 3]
-    if bad:
-        raise ValueError(f"each image must be a [3, H, W] tensor, got {bad[0]}")
+def image_sizes_of(images: Sequence[Tensor]) -> Tensor:
+    """[N, 2] int64 (height, width) of a non-empty list of [3, H, W] images, on the host (read from their
+    shapes: no device synchronisation)."""
+    if isinstance(images, Tensor) or not isinstance(images, Sequence) or not images:
+        raise ValueError("images must be a non-empty list of [3, H, W] tensors (decoded images of their own sizes)")
+    for image in images:
+        if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
+            got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"each image must be a [3, H, W] tensor, got {got}")
     return torch.tensor([tuple(image.shape[1:]) for image in images], dtype=torch.int64)
 
 
@@ -663,7 +666,7 @@ class BatchView:
             return self.apply(images, self.sample(_batch_sizes(images, image_sizes), generator))
         if image_sizes is not None:
             raise ValueError("image_sizes is for padded batches; a list of images carries its own sizes")
-        return self.apply(images, self.sample(_list_sizes(images), generator))
+        return self.apply(images, self.sample(image_sizes_of(images), generator))
 
 
 @dataclass(frozen=True)

@@ -32,35 +32,19 @@ import torch.nn.functional as nnf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mec.batch_augment import normalize, resized_crop_each, sample_crop_boxes
+from mec.batch_augment import CROP_RATIO, FLIP_P, image_sizes_of, normalize, resized_crop_each, sample_crop_boxes
 from mec.data import build_loader
 from mec.encoded import DecodedLoader, View, collate_encoded, encoded_images
 
-# torchvision's RandomResizedCrop defaults, which `probe_train_transform("imagenet", size)` keeps.
+# torchvision's RandomResizedCrop default scale, which `probe_train_transform("imagenet", size)` keeps (its default
+# ratio is the pretraining views' CROP_RATIO).
 PROBE_CROP_SCALE = (0.08, 1.0)
-PROBE_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-FLIP_P = 0.5
 
 
 def _check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int (pixels), got {size!r}")
     return size
-
-
-def _check_images(images: Sequence[Tensor]) -> None:
-    if isinstance(images, Tensor) or not isinstance(images, Sequence) or not images:
-        raise ValueError("images must be a non-empty list of [3, H, W] tensors (decoded images of their own sizes)")
-    for image in images:
-        if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
-            got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"each image must be a [3, H, W] tensor, got {got}")
-
-
-def image_sizes(images: Sequence[Tensor]) -> Tensor:
-    """[N, 2] int64 (height, width) of a list of [3, H, W] images, on the host (read from their shapes)."""
-    _check_images(images)
-    return torch.tensor([tuple(image.shape[1:]) for image in images], dtype=torch.int64)
 
 
 def resized_shape(height: int, width: int, short: int) -> tuple[int, int]:
@@ -93,7 +77,7 @@ def center_view(images: Sequence[Tensor], size: int) -> Tensor:
     """float [N, 3, size, size], normalised: `eval_transform("imagenet", size)` of each decoded uint8 [3, H, W]
     image (Resize(round(size * 256 / 224)), CenterCrop(size), ToTensor, Normalize), on the images' device."""
     _check_size(size)
-    _check_images(images)
+    image_sizes_of(images)  # checks the list
     resize = round(size * 256 / 224)
     batch = torch.cat([_resized_center(image, resize, size) for image in images])
     return normalize(batch.div(255))
@@ -128,7 +112,7 @@ class ProbeTrainView:
         `sizes` [N, 2]: boxes as `RandomResizedCrop.get_params`, then the flips, from one generator."""
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise ValueError("generator must be a CPU torch.Generator: crop boxes index the images on the host")
-        boxes = sample_crop_boxes(sizes, generator, scale=PROBE_CROP_SCALE, ratio=PROBE_CROP_RATIO)
+        boxes = sample_crop_boxes(sizes, generator, scale=PROBE_CROP_SCALE, ratio=CROP_RATIO)
         flips = torch.rand(len(boxes), generator=generator) < FLIP_P  # RandomHorizontalFlip: rand < p
         return boxes, flips
 
@@ -136,7 +120,7 @@ class ProbeTrainView:
         return normalize(resized_crop_each(images, boxes, self.size, flip=flips))
 
     def __call__(self, images: Sequence[Tensor], generator: torch.Generator) -> Tensor:
-        return self.apply(images, *self.sample(image_sizes(images), generator))
+        return self.apply(images, *self.sample(image_sizes_of(images), generator))
 
 
 # ---------------------------------------------------------------------------------------------------- loaders

@@ -21,8 +21,8 @@ from scipy import stats
 from torchvision import transforms as T
 
 from mec.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from mec.batch_augment import sample_crop_boxes
-from mec.batch_eval import CenterView, ProbeTrainView, center_view, image_sizes, resized_shape
+from mec.batch_augment import image_sizes_of, sample_crop_boxes
+from mec.batch_eval import CenterView, ProbeTrainView, center_view, resized_shape
 
 # Portrait, landscape, square, already at the resize (256 for 224), odd sides, upsampled small images.
 SHAPES = [(300, 200), (200, 300), (256, 256), (73, 91), (500, 375), (40, 40), (257, 256), (256, 400), (37, 64)]
@@ -82,7 +82,7 @@ def test_probe_view_with_fixed_boxes_is_torchvisions_resized_crop_and_within_a_g
     arrays = _arrays(kind)
     images = _tensors(arrays)
     view = ProbeTrainView(size)
-    boxes, _ = view.sample(image_sizes(images), torch.Generator().manual_seed(1))
+    boxes, _ = view.sample(image_sizes_of(images), torch.Generator().manual_seed(1))
     flips = torch.arange(len(images)) % 2 == 0
     out = view.apply(images, boxes, flips)
     reference, pillow = [], []
@@ -110,7 +110,7 @@ def test_probe_view_draws_from_its_generator_only():
 def test_the_views_check_their_inputs():
     images = _tensors(_arrays("noise"))[:2]
     with pytest.raises(ValueError, match="CPU torch.Generator"):
-        ProbeTrainView(32).sample(image_sizes(images), None)
+        ProbeTrainView(32).sample(image_sizes_of(images), None)
     with pytest.raises(ValueError, match="non-empty list"):
         center_view(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), 8)
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
@@ -158,5 +158,5 @@ def test_the_views_on_a_gpu_match_the_cpu():
     diff = _grey_levels(center_view(on_gpu, 224).cpu(), center_view(images, 224))
     assert diff.max() <= 1.01 and diff.mean() <= 0.05
     view = ProbeTrainView(224)
-    boxes, flips = view.sample(image_sizes(images), torch.Generator().manual_seed(0))
+    boxes, flips = view.sample(image_sizes_of(images), torch.Generator().manual_seed(0))
     assert torch.allclose(view.apply(on_gpu, boxes, flips).cpu(), view.apply(images, boxes, flips), rtol=0, atol=1e-4)

@@ -31,10 +31,10 @@ import torch
 from evals.job import EvalJob, load_frozen_backbone
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform
-from mec.batch_eval import CenterView, eval_loader
+from mec.batch_eval import CenterView, eval_loader, input_dataset
 from mec.config import Config, DataConfig, data_identity, resolve_loader
 from mec.data import build_eval_dataset
-from mec.encoded import EncodedImages, skipped_images
+from mec.encoded import skipped_images
 from mec.monitor import Features, extract_features
 from mec.run import select_device
 from mec.threads import loader_workers
@@ -118,9 +118,8 @@ def _extractor(backbone: Path, cfg: Config, split: str) -> Callable[[], Features
             data.name, data.root, eval_transform(data.augment, data.image_size) if per_image else None, split,
             download=data.download, digits_params=data.digits_params(), verify_checksums=data.verify_checksums,
         )
-        loader = eval_loader(dataset if per_image else EncodedImages.from_folder(dataset), 256,
-                             CenterView(data.image_size), device, shuffle=False,
-                             num_workers=loader_workers(data.num_workers), seed=0)
+        loader = eval_loader(input_dataset(dataset, per_image), 256, CenterView(data.image_size), device,
+                             shuffle=False, num_workers=loader_workers(data.num_workers), seed=0)
         features = extract_features(net.to(device), loader, device)
         if skipped_images(loader):
             log.warning("%s features: %d unreadable image(s) skipped, each replaced by another image",

@@ -36,10 +36,10 @@ from evals.job import EvalJob, load_frozen_backbone
 from evals.splits import resolve_split
 from mec import checkpoint as ckpt
 from mec.augment import eval_transform, probe_train_transform
-from mec.batch_eval import CenterView, ProbeTrainView, eval_loader
+from mec.batch_eval import CenterView, ProbeTrainView, eval_loader, input_dataset
 from mec.config import DataConfig, resolve_loader
 from mec.data import build_eval_dataset
-from mec.encoded import DecodedLoader, EncodedImages, skipped_images
+from mec.encoded import DecodedLoader, skipped_images
 from mec.run import JobProcess, job_process, logged_run, resume_latest
 from mec.threads import loader_workers
 from mec.tracking import RunLogger
@@ -217,8 +217,7 @@ def classifier_datasets(job: EvalJob, path: str = "per_image") -> tuple[Dataset,
     if split is not None:
         samples = getattr(train_set, "samples", None)
         indices = resolve_split(Path(split), samples, Path(train_set.root) if samples else None, len(train_set))
-    if not per_image:
-        train_set, val_set = EncodedImages.from_folder(train_set), EncodedImages.from_folder(val_set)
+    train_set, val_set = input_dataset(train_set, per_image), input_dataset(val_set, per_image)
     return (train_set if indices is None else Subset(train_set, indices)), val_set, num_classes
 
 

@@ -19,7 +19,8 @@ On the device path (`data.loader`, `mec.config.resolve_loader`) DataLoader worke
 
 `DecodedLoader` wraps a DataLoader of `EncodedBatch`es: it decodes each batch on the job's device and yields
 (images, labels) as a per-image DataLoader does, so the loops of `mec.monitor.extract_features` and
-`evals.supervised` read either path; `eval_loader` builds the one or the other for a data set.
+`evals.supervised` read either path; `eval_loader` builds the one or the other for a data set, which
+`input_dataset` gives as the files' bytes on the device path.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mec.batch_augment import CROP_RATIO, FLIP_P, image_sizes_of, normalize, resized_crop_each, sample_crop_boxes
 from mec.data import build_loader
-from mec.encoded import DecodedLoader, View, collate_encoded, encoded_images
+from mec.encoded import DecodedLoader, EncodedImages, View, collate_encoded, encoded_images
 
 # torchvision's RandomResizedCrop default scale, which `probe_train_transform("imagenet", size)` keeps (its default
 # ratio is the pretraining views' CROP_RATIO).
@@ -124,6 +125,13 @@ class ProbeTrainView:
 
 
 # ---------------------------------------------------------------------------------------------------- loaders
+
+def input_dataset(dataset: Dataset, per_image: bool) -> Dataset:
+    """What an evaluation's loader reads of an image-folder ``dataset``: its transformed images on the per-image
+    input path; on the device path (``dataset`` built without a transform), its files' bytes (`EncodedImages`),
+    which `eval_loader` then decodes and views on the job's device."""
+    return dataset if per_image else EncodedImages.from_folder(dataset)
+
 
 def eval_loader(dataset: Dataset, batch_size: int, view: View, device: torch.device | str, *, shuffle: bool,
                 num_workers: int, seed: int, distributed: bool = False) -> DataLoader | DecodedLoader:

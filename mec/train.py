@@ -354,20 +354,29 @@ def train_one_epoch(job: Pretraining, epoch: int, logger: RunLogger | None) -> E
 
 
 def check_steps(job: Pretraining, steps: list[StepOutput]) -> None:
-    """Read the losses of `steps` (one wait for the device) and stop at the first that is not finite
-    (FloatingPointError naming its step) or whose series has diverged (`stop_if_diverged`)."""
+    """Read the losses of `steps` (one read of the device for all of them) and stop at the first that is not
+    finite (FloatingPointError naming its step) or whose series has diverged (`stop_if_diverged`): the checks
+    run on the values read."""
     if not steps:
         return
-    torch.stack([s.out.loss.detach() for s in steps]).tolist()  # one synchronisation for all of them
-    for s in steps:
-        try:
-            job.loss_fn.check_output(s.out)
-        except FloatingPointError as exc:
-            raise FloatingPointError(f"step {s.step} (epoch {s.epoch + 1}): {exc}") from None
+    losses = torch.stack([s.out.loss.detach() for s in steps]).tolist()
+    for s, loss in zip(steps, losses, strict=True):
+        if not math.isfinite(loss):
+            _raise_not_finite(job, s)
         if job.cfg.loss.order is not None:
             z1, p2 = s.first_pair
             stop_if_diverged(job, s.epoch, s.out, s.metrics.get("train/spectral_norm"),
-                             measure=lambda z1=z1, p2=p2, lam=s.out.lam: _spectral_norm_of(z1, p2, lam), step=s.step)
+                             measure=lambda z1=z1, p2=p2, lam=s.out.lam: _spectral_norm_of(z1, p2, lam), step=s.step,
+                             loss=loss)
+
+
+def _raise_not_finite(job: Pretraining, s: StepOutput) -> None:
+    """The loss module's FloatingPointError for a step whose loss is not finite (it names lambda, m, d, the order
+    and the remedies), with the step in front; its loss is read once more, as the run stops."""
+    try:
+        job.loss_fn.check_output(s.out)
+    except FloatingPointError as exc:
+        raise FloatingPointError(f"step {s.step} (epoch {s.epoch + 1}): {exc}") from None
 
 
 def train_step(job: Pretraining, epoch: int, *views: torch.Tensor) -> StepOutput:
@@ -410,15 +419,16 @@ def train_step(job: Pretraining, epoch: int, *views: torch.Tensor) -> StepOutput
 
 
 def stop_if_diverged(job: Pretraining, epoch: int, out: CodingLengthOutput, measured: float | None,
-                     measure: Callable[[], float], step: int | None = None) -> None:
+                     measure: Callable[[], float], step: int | None = None, loss: float | None = None) -> None:
     """Raise FloatingPointError when the Taylor series has clearly diverged, whatever loss.convergence_check says.
 
     Clearly diverged: the loss is one no convergent series can give (`convergent_loss_bound`, checked for
     each step; ``measure`` then gives ||C||_2 for the message), or ``measured`` ||C||_2 (each
     ``loss.spectral_norm_every`` steps) exceeds DIVERGED_SPECTRAL_NORM. Every rank decides alike: the loss is
-    the global batch's, and the largest ||C||_2 over ranks counts.
+    the global batch's, and the largest ||C||_2 over ranks counts. ``loss``: `out.loss`'s value when the caller
+    has read it already (`check_steps`), else read here.
     """
-    loss, bound = out.loss.item(), job.loss_fn.convergent_loss_bound(out)
+    loss, bound = out.loss.item() if loss is None else loss, job.loss_fn.convergent_loss_bound(out)
     if measured is None and abs(loss) > bound:
         measured = measure()
     if measured is not None and job.proc.distributed:

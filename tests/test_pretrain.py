@@ -23,7 +23,7 @@ from mec.config import CONFIG_DIR, build_config, load_config
 from mec.loss import DIVERGED_SPECTRAL_NORM, CodingLengthOutput, MaximumEntropyCodingLoss
 from mec.models import build_backbone
 from mec.run import select_device
-from mec.train import pretrain, stop_if_diverged
+from mec.train import StepOutput, check_steps, pretrain, stop_if_diverged
 
 
 def tiny_config(tmp_path: Path, data_root: Path, **sections) -> dict:
@@ -236,6 +236,25 @@ def test_a_measured_spectral_norm_far_above_one_stops_even_with_a_plausible_loss
     with pytest.raises(FloatingPointError, match=r"step 41 \(epoch 5\): .*measured \|\|C\|\|_2 = 344 is above 10; "
                        r"loss -0\.2.* lambda\*m = 32"):
         stop_if_diverged(job, 4, out, measured=344.0, measure=lambda: 344.0)
+
+
+def test_checked_steps_stop_at_the_first_bad_one_named_by_its_step():
+    cfg = build_config({"model": {"embedding_dim": 32}, "loss": {"convergence_check": "off"}})
+    job = SimpleNamespace(cfg=cfg, loss_fn=MaximumEntropyCodingLoss(eps=cfg.loss.eps, check_finite=False), step=9,
+                          proc=SimpleNamespace(distributed=False))
+    pair = (torch.zeros(8, 32), torch.zeros(8, 32))
+
+    def steps(*losses: float) -> list[StepOutput]:
+        return [StepOutput(6 + i, 2, CodingLengthOutput(loss=torch.tensor(value), coding_length=torch.tensor(1.0),
+                                                         lam=4.0, mu=20.0, m=8, d=32), pair, {})
+                for i, value in enumerate(losses)]
+
+    check_steps(job, steps(-0.2, -0.3))
+    with pytest.raises(FloatingPointError, match=r"^step 7 \(epoch 3\): MEC loss is not finite \(value nan\)"):
+        check_steps(job, steps(-0.2, float("nan"), float("inf")))
+    with pytest.raises(FloatingPointError, match=r"^step 7 \(epoch 3\): the order-4 Taylor series has diverged "
+                       r"\(loss -1000 is beyond"):
+        check_steps(job, steps(-0.2, -1000.0, float("nan")))
 
 
 def test_cifar_batches_failing_their_checksum_stop_in_one_line_and_train_with_the_switch_off(tmp_path):

@@ -56,19 +56,19 @@ def input_path(data: DataConfig, device: torch.device | None = None) -> str:
     return PER_IMAGE if resolve_loader(data, device.type) == PER_IMAGE else f"device {device.type}"
 
 
-def transform_identity(data: DataConfig, device: torch.device | None = None) -> list[Any]:
-    """The transform's part of the data identity: recipe and size, and the input path unless per-image."""
-    path = input_path(data, device)
+def transform_identity(data: DataConfig, path: str) -> list[Any]:
+    """The transform's part of the data identity: recipe and size, and the input ``path`` (`input_path`) unless
+    per-image."""
     return [data.augment, data.image_size] + ([] if path == PER_IMAGE else path.split())
 
 
 def provenance(backbone: Path, cfg: Config, split: str, device: torch.device | None = None) -> dict[str, str]:
     """What features of ``split`` under ``backbone`` are computed from: the file's bytes and the data identity
-    (with this job's input path, on ``device``: default `select_device()`)."""
-    data, device = cfg.data, select_device() if device is None else device
-    identity = {"backbone_sha256": ckpt.file_sha256(backbone),
-                "data_identity": data_identity(data, split=split, transform=transform_identity(data, device))}
+    (with this job's input path, on ``device``: default `select_device()`), the path resolved once for both."""
+    data = cfg.data
     path = input_path(data, device)
+    identity = {"backbone_sha256": ckpt.file_sha256(backbone),
+                "data_identity": data_identity(data, split=split, transform=transform_identity(data, path))}
     return identity if path == PER_IMAGE else identity | {INPUT_PATH: path}
 
 
@@ -76,7 +76,7 @@ def feature_key(backbone: Path, cfg: Config, split: str, device: torch.device | 
     """The content-keyed cache's name for these features (the lazy path, without the DAG)."""
     data = cfg.data
     return data_identity(data, backbone_sha256=ckpt.file_sha256(backbone), split=split,
-                         transform=transform_identity(data, device))
+                         transform=transform_identity(data, input_path(data, device)))
 
 
 def load_or_extract(path: Path, extract: Callable[[], Features], what: str,

@@ -90,15 +90,14 @@ def _bench(args: argparse.Namespace) -> int:
     from mec.bench import describe_machine, format_results, run_bench, write_jpeg_tree
     from mec.run import select_device
 
-    cfg = load_config(args.config, args.overrides)
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data
-        if data is None:
+        # Without --data the JPEGs go to the scratch folder, written once the config gives the batch size.
+        data = Path(scratch) if args.data is None else args.data
+        cfg = load_config(args.config, [*args.overrides, "data.name=imagefolder", f"data.root={data}"])
+        if args.data is None:
             images = args.images or (args.warmup + args.steps) * cfg.optim.batch_size
-            data = write_jpeg_tree(Path(scratch), images)
+            write_jpeg_tree(data, images)
             print(f"mec bench: wrote {images} JPEGs of about 400 x 350 px to {data}")
-        overrides = [*args.overrides, "data.name=imagefolder", f"data.root={data}"]
-        cfg = load_config(args.config, overrides)
         results = run_bench(cfg, steps=args.steps, warmup=args.warmup)
     print(format_results(results, cfg, describe_machine(select_device(cfg.train.device))))
     return 0

@@ -6,9 +6,11 @@ Files are JPEGs of ImageNet's average size (about 400 x 350 px, `mec.bench.write
 
 - ``torchvision blur (before issue 14)``: the per-image path as it was: Pillow decode, torchvision's transforms
   with ``GaussianBlur(23)`` (a 23 x 23 convolution of a PIL image), the baseline;
-- ``per_image (Pillow blur)``: `mec.augment.imagenet_two_view`: the same with Pillow's blur;
-- ``per_image (Pillow blur, uint8 out)``: the per-image path as pretraining runs it now: those views ending in
-  uint8 tensors, normalised later on the device (`mec.augment.normalise_on_the_device`);
+- ``Pillow blur, uint8 out``: the same with Pillow's blur (the released code's op), ending in uint8 tensors;
+- ``per_image (OpenCV blur and hue)``: `mec.augment.imagenet_two_view`: blur and the jitter's hue step done by
+  OpenCV (`mec.opencv_ops`);
+- ``per_image (OpenCV, uint8 out)``: the per-image path as pretraining runs it now: those views ending in uint8
+  tensors, normalised later on the device (`mec.augment.normalise_on_the_device`);
 - ``batched on the CPU``: the device path run on the CPU: torchvision's JPEG decoder, then
   `mec.batch_augment.batch_imagenet_two_view` on batches of ``--batch`` images.
 
@@ -21,10 +23,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from mec.augment import (
@@ -41,18 +45,25 @@ from mec.bench import write_jpeg_tree
 from mec.encoded import EncodedImages, ImageDecoder, collate_encoded
 
 
-def torchvision_blur_two_view(size: int) -> TwoViewTransform:
-    """The released views with torchvision's GaussianBlur(23), as the per-image path had them before issue 14."""
+class PillowBlur:
+    """MoCo v3's blur: Pillow's ``GaussianBlur`` with sigma ~ U(0.1, 2.0)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.filter(ImageFilter.GaussianBlur(radius=float(torch.empty(1).uniform_(*BLUR_SIGMA))))
+
+
+def torchvision_two_view(size: int, blur: Callable[[Image.Image], Image.Image],
+                         last: list[Callable[[Any], Any]]) -> TwoViewTransform:
+    """The released views with torchvision's ColorJitter (Pillow's hue), `blur`, then the `last` steps."""
     def view(blur_p: float, solarize_p: float) -> T.Compose:
         return T.Compose([
             T.RandomResizedCrop(size, scale=(0.2, 1.0)),
             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
             T.RandomGrayscale(p=0.2),
-            T.RandomApply([T.GaussianBlur(23, sigma=BLUR_SIGMA)], p=blur_p),
+            T.RandomApply([blur], p=blur_p),
             T.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=solarize_p),
             T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            *last,
         ])
     return TwoViewTransform(view(1.0, 0.0), view(0.1, 0.2))
 
@@ -88,9 +99,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         files = sorted(write_jpeg_tree(Path(scratch), args.images).rglob("*.JPEG"))
         measured = {
-            "torchvision blur (before issue 14)": lambda: per_image_ms(files, torchvision_blur_two_view(args.size)),
-            "per_image (Pillow blur)": lambda: per_image_ms(files, imagenet_two_view(args.size)),
-            "per_image (Pillow blur, uint8 out)": lambda: per_image_ms(
+            "torchvision blur (before issue 14)": lambda: per_image_ms(files, torchvision_two_view(
+                args.size, T.GaussianBlur(23, sigma=BLUR_SIGMA),
+                [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])),
+            "Pillow blur, uint8 out": lambda: per_image_ms(
+                files, torchvision_two_view(args.size, PillowBlur(), [T.PILToTensor()])),
+            "per_image (OpenCV blur and hue)": lambda: per_image_ms(files, imagenet_two_view(args.size)),
+            "per_image (OpenCV, uint8 out)": lambda: per_image_ms(
                 files, normalise_on_the_device(imagenet_two_view(args.size))[0]),
             "batched on the CPU": lambda: batched_ms(files, args.size, args.batch),
         }

@@ -19,7 +19,7 @@ from scipy import stats
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from mec.augment import IMAGENET_MEAN, IMAGENET_STD, PillowGaussianBlur
+from mec.augment import BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD
 from mec.batch_augment import (
     BLUR_RADIUS,
     BatchMultiCrop,
@@ -45,6 +45,7 @@ from mec.batch_augment import (
     solarize,
     to_float,
 )
+from mec.opencv_ops import OpenCVGaussianBlur
 
 DRAWS = 4000
 KERNEL = 2 * BLUR_RADIUS + 1
@@ -193,20 +194,18 @@ def test_gaussian_blur_matches_torchvisions_kernel_of_the_same_size():
     assert torch.equal(out[5], images[5])
 
 
-def test_gaussian_blur_is_within_a_grey_level_of_the_per_image_paths_pillow_blur():
-    """The per-image path blurs with Pillow (box passes); the batched kernel differs by under a grey level on
-    average, as torchvision's 23 px kernel does (tests/test_augment.py)."""
+def test_gaussian_blur_is_within_a_grey_level_of_the_per_image_paths_opencv_blur():
+    """The per-image path blurs with OpenCV (a 6-sigma kernel, rounded to uint8); the batched 17 px kernel is a
+    quarter of a grey level from it on average (measured 0.25 to 0.27: the rounding) and 1.12 at most."""
     images = (_images(3, 48, 48) * 255).round().to(torch.uint8)
     for sigma in (0.5, 1.0, 2.0):
         ours = gaussian_blur(to_float(images), torch.full((3,), sigma), _mask(1, 1, 1)) * 255
         for i in range(3):
             pil = Image.fromarray(images[i].permute(1, 2, 0).numpy())
-            pillow = np.asarray(PillowGaussianBlur((sigma, sigma))(pil), dtype=float)
-            unblurred = np.abs(images[i].permute(1, 2, 0).numpy().astype(float) - pillow).mean()
-            difference = np.abs(ours[i].permute(1, 2, 0).numpy() - pillow).mean()
-            # Measured 0.76 to 0.94 grey levels (Pillow's box passes and its rounding to uint8; torchvision's
-            # 23 px kernel is 0.7 to 0.9 from Pillow on these images, and 0.25 from this 17 px one).
-            assert difference < min(1.0, unblurred / 2), (sigma, difference)
+            opencv = np.asarray(OpenCVGaussianBlur((sigma, sigma))(pil), dtype=float)
+            unblurred = np.abs(images[i].permute(1, 2, 0).numpy().astype(float) - opencv).mean()
+            difference = np.abs(ours[i].permute(1, 2, 0).numpy() - opencv)
+            assert difference.max() < 1.5 and difference.mean() < min(0.5, unblurred / 4), (sigma, difference.max())
 
 
 def test_solarize_matches_torchvision_and_pillows_uint8_threshold():
@@ -393,8 +392,8 @@ def test_bernoulli_rates_and_sigma_follow_the_per_image_recipe(view, blur_p, sol
     assert stats.kstest(sigma, "uniform", args=(0.1, 1.9)).pvalue > 0.01
     with torch.random.fork_rng():
         torch.manual_seed(32)
-        pillow = PillowGaussianBlur()
-        assert _ks(sigma, [pillow.sample_sigma() for _ in range(DRAWS)]) > 0.01
+        per_image = OpenCVGaussianBlur(BLUR_SIGMA)
+        assert _ks(sigma, [per_image.sample_sigma() for _ in range(DRAWS)]) > 0.01
 
 
 def test_a_wrong_distribution_fails_the_tests_statistics():

@@ -30,7 +30,6 @@ from mec import checkpoint as ckpt
 from mec import distributed
 from mec.augment import (
     MultiCropTransform,
-    PillowGaussianBlur,
     TwoViewTransform,
     build_pretrain_views,
     build_two_view,
@@ -41,6 +40,7 @@ from mec.config import ConfigError, build_config, load_config
 from mec.data import build_pretrain_dataset
 from mec.loss import MaximumEntropyCodingLoss, multi_crop_pairs
 from mec.models import MECModel
+from mec.opencv_ops import OpenCVGaussianBlur, OpenCVHueColorJitter
 from mec.train import MultiCropForward, build_model, pretrain
 
 
@@ -69,10 +69,10 @@ def test_imagenet_multi_crop_is_the_two_view_recipe_plus_swav_local_views():
     local = _steps(views.local_view)
     crop, _ = local[T.RandomResizedCrop]
     assert crop.size == (96, 96) and crop.scale == (0.05, 0.14)
-    blur, blur_p = local[PillowGaussianBlur]
+    blur, blur_p = local[OpenCVGaussianBlur]
     assert blur_p == 0.5 and blur.sigma == (0.1, 2.0)
     assert local[T.RandomSolarize][0].p == 0.0
-    jitter, jitter_p = local[T.ColorJitter]
+    jitter, jitter_p = local[OpenCVHueColorJitter]
     assert jitter_p == 0.8 and jitter.saturation == pytest.approx((0.8, 1.2))
     assert local[T.RandomGrayscale][0].p == 0.2 and T.RandomHorizontalFlip in local
 
@@ -88,12 +88,12 @@ def test_scaled_down_digits_and_cifar_local_views_keep_their_recipe():
     assert _steps(digits.view1)[T.RandomResizedCrop][0].scale == (0.5, 1.0)  # the global views' own scale
     local = _steps(digits.local_view)
     assert local[T.RandomResizedCrop][0].size == (8, 8) and local[T.RandomResizedCrop][0].scale == (0.2, 0.5)
-    assert local[T.ColorJitter][1] == 0.0  # the recipe's options reach the local views
-    assert T.RandomHorizontalFlip not in local and PillowGaussianBlur not in local
+    assert local[OpenCVHueColorJitter][1] == 0.0  # the recipe's options reach the local views
+    assert T.RandomHorizontalFlip not in local and OpenCVGaussianBlur not in local
     assert [tuple(v.shape) for v in digits(_image(16))] == [(3, 16, 16)] * 2 + [(3, 8, 8)] * 2
 
     cifar = multi_crop("cifar", 32, local_crops=4, local_size=16)
-    assert PillowGaussianBlur not in _steps(cifar.local_view)  # appendix B: no blur on CIFAR
+    assert OpenCVGaussianBlur not in _steps(cifar.local_view)  # appendix B: no blur on CIFAR
     assert [tuple(v.shape) for v in cifar(_image(32))] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 4
     restored = pickle.loads(pickle.dumps(cifar))
     assert len(restored(_image(32))) == 6

@@ -223,17 +223,37 @@ def test_snakemake_profile_slurm_runs_the_dag_through_slurm(slurm_cluster, tmp_p
     assert "mlflow ui --backend-store-uri" in shown and str((results / "tables").resolve()) in shown
 
 
+def _why_still_running(snakemake: subprocess.Popen, rule_log: Path) -> str:
+    """What a Snakemake session that has not ended after Ctrl-C is doing: its processes, then the stacks each
+    Python process prints on SIGABRT (PYTHONFAULTHANDLER), the rule's log and the session's output."""
+    processes = subprocess.run(["ps", "-ww", "-s", str(snakemake.pid), "-o", "pid,ppid,stat,etime,wchan:24,args"],
+                               capture_output=True, text=True, check=False).stdout
+    os.killpg(snakemake.pid, signal.SIGABRT)
+    try:
+        output, _ = snakemake.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(snakemake.pid, signal.SIGKILL)
+        output, _ = snakemake.communicate()
+    log = rule_log.read_text()[-3000:] if rule_log.exists() else "(no rule log)"
+    return (f"Snakemake still running 180 s after SIGINT. Processes of its session:\n{processes}\n"
+            f"rule log:\n{log}\noutput, with stacks after SIGABRT:\n{output[-12000:]}")
+
+
 def test_ctrl_c_on_snakemake_profile_slurm_cancels_its_jobs(slurm_cluster, tmp_path):
     tree = _experiment(tmp_path, epochs=200, per_class=64)  # minutes of training: only Ctrl-C ends it early
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(tree))
+    # PYTHONFAULTHANDLER: if the processes do not end, SIGABRT makes each print its threads' stacks (below).
     snakemake = subprocess.Popen(_profile_command(tmp_path, config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, env=_environment(), start_new_session=True)
+                                 text=True, env=_environment() | {"PYTHONFAULTHANDLER": "1"}, start_new_session=True)
     run_dir = tmp_path / "results" / "pretrain" / "a_s0"
     try:
         job_id = _wait_until_running(run_dir, snakemake)
         os.killpg(snakemake.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-        output, _ = snakemake.communicate(timeout=180)
+        try:
+            output, _ = snakemake.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail(_why_still_running(snakemake, tmp_path / "results" / "logs" / "pretrain" / "a_s0.log"))
     finally:
         if snakemake.poll() is None:
             os.killpg(snakemake.pid, signal.SIGKILL)

@@ -233,3 +233,41 @@ def test_a_tracking_server_stopped_mid_job_does_not_slow_the_epochs(tmp_path):
 
 def read_journal_run_id(journal: Path) -> str:
     return json.loads(journal.read_text().splitlines()[0])["run_id"]
+
+
+def test_an_interrupted_stage_ends_even_when_its_bookkeeping_hangs(tmp_path, silent_uri, monkeypatch, caplog):
+    """Ctrl-C on a rule whose tracking server hangs: the rule still ends, in about the bounded wait, saying that
+    the run may still say RUNNING (a CI run once saw a rule not end after Ctrl-C)."""
+    from workflow import stage
+
+    monkeypatch.setattr(stage, "INTERRUPTED_BOOKKEEPING_S", 3.0)
+
+    def interrupted() -> dict:
+        raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(stage.Interrupted):
+        stage.tracked(silent_uri, "0" * 32, tmp_path, interrupted)
+    assert time.monotonic() - started < 30
+    assert "MLflow bookkeeping (fail_run) did not finish within 3 s; the MLflow run " in caplog.text
+    assert "may still say RUNNING" in caplog.text
+
+
+def test_bookkeeping_on_a_locked_sqlite_store_fails_in_one_line_naming_the_lock(tmp_path):
+    """Another process holding the SQLite store's write lock: SQLAlchemy's exception line, not its link."""
+    import sqlite3
+
+    from workflow import stage
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("locked")).info.run_id
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(stage.StageError, match=r"^MLflow bookkeeping \(fail_run\) failed: .*database is locked$"):
+            stage.bookkeeping("fail_run", timeout_s=120, tracking_uri=uri, run_id=run_id,
+                              journal=str(tmp_path / "metrics.jsonl"), launches=[], status="KILLED", reason="test",
+                              log_file=None)
+    finally:
+        holder.close()

@@ -54,10 +54,16 @@ class StageError(RuntimeError):
     """A stage failed; the message is the one line the rule prints."""
 
 
-def bookkeeping(operation: str, *, in_process: bool = False, **kwargs: Any) -> Any:
+# After Ctrl-C or SIGTERM the run's KILLED status is worth a short wait, never a rule that does not end: past this,
+# the rule ends anyway and its log says the run may still say RUNNING (a busy or hung tracking store).
+INTERRUPTED_BOOKKEEPING_S = 60.0
+
+
+def bookkeeping(operation: str, *, in_process: bool = False, timeout_s: float | None = None, **kwargs: Any) -> Any:
     """Run ``workflow.stages.<operation>(**kwargs)`` in a child process, which imports MLflow and torch so that
     this one does not; returns its JSON result. ``in_process``: here instead, for the inline launcher, whose job
-    imports both into this process anyway (a child costs some 4 s of imports per call, three calls per job)."""
+    imports both into this process anyway (a child costs some 4 s of imports per call, three calls per job).
+    ``timeout_s``: the child is killed after that long and `StageError` says so (not in process)."""
     if in_process:
         from workflow.stages import OPERATIONS
 
@@ -68,13 +74,29 @@ def bookkeeping(operation: str, *, in_process: bool = False, **kwargs: Any) -> A
                 from exc
     with tempfile.TemporaryDirectory(prefix="mec-stage-") as tmp:
         result = Path(tmp) / "result.json"
-        proc = subprocess.run([sys.executable, "-m", "workflow.stages", operation, str(result)],
-                              input=json.dumps(kwargs), capture_output=True, text=True, check=False)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "workflow.stages", operation, str(result)],
+                                  input=json.dumps(kwargs), capture_output=True, text=True, check=False,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise StageError(f"MLflow bookkeeping ({operation}) did not finish within {timeout_s:g} s") from None
         if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
             log.debug("%s failed:\n%s", operation, proc.stderr)
-            raise StageError(f"MLflow bookkeeping ({operation}) failed: {lines[-1]}")
+            reason = _exception_line(proc.stderr, proc.returncode)
+            raise StageError(f"MLflow bookkeeping ({operation}) failed: {reason}")
         return json.loads(result.read_text())
+
+
+# Lines SQLAlchemy adds after its exception's own line: the statement, its parameters, a link.
+_NOT_THE_EXCEPTION = ("[SQL:", "[parameters:", "(Background on this error at:")
+
+
+def _exception_line(stderr: str, returncode: int) -> str:
+    """The line of a child's traceback that names its exception ("sqlalchemy.exc.OperationalError: (sqlite3...)
+    database is locked"), not the notes some libraries print after it."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    named = [line for line in lines if not line.startswith(_NOT_THE_EXCEPTION)]
+    return (named or lines or [f"exit status {returncode}"])[-1]
 
 
 def bookkeeping_in_background(operation: str, **kwargs: Any) -> subprocess.Popen:
@@ -179,8 +201,9 @@ def tracked(uri: str | None, run_id: str | None, run_dir: Path, work: Callable[[
         reason = one_line(exc) or ("interrupted" if interrupted else type(exc).__name__)
         try:
             if run_id is not None:
-                bookkeeping("fail_run", in_process=in_process, tracking_uri=uri, run_id=run_id,
-                            journal=str(run_dir / "metrics.jsonl"),
+                bookkeeping("fail_run", in_process=in_process,
+                            timeout_s=INTERRUPTED_BOOKKEEPING_S if interrupted else None,
+                            tracking_uri=uri, run_id=run_id, journal=str(run_dir / "metrics.jsonl"),
                             launches=Launches(run_dir).read(),
                             status="KILLED" if interrupted else "FAILED", reason=str(exc) or reason,
                             log_file=getattr(exc, "log", None))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -72,7 +72,8 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=8)
     # DataLoader worker processes; "auto": one fewer than the job's CPUs (`mec.threads.loader_workers`), the
     # main process keeping one for the training loop (SLURM's cpus-per-task on a cluster).
-    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = 2
+    # StrictInt: YAML `true` is no worker count (pydantic would read it as 1).
+    num_workers: Annotated[StrictInt, Field(ge=0)] | Literal["auto"] = 2
     # Where images are decoded and augmented: per_image = Pillow and torchvision in the loader workers (the CPU
     # path); device = workers only read the files, the job's device decodes them (nvJPEG on a GPU) and augments
     # the batch (`mec.batch_augment`, the ImageNet recipe only); auto = device on a GPU for the ImageNet recipe

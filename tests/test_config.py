@@ -44,6 +44,8 @@ def test_overrides_are_typed_and_nested():
         ("optim.batch_size=many", "bad value for 'optim.batch_size'"),
         ("nonsense", "not of the form section.key=value"),
         ("loss.eps.inner=3", "'eps' is a value, not a section"),
+        ("data.num_workers=true", "bad value for 'data.num_workers"),  # not read as 1 worker
+        ("data.num_workers=many", "bad value for 'data.num_workers"),
     ],
 )
 def test_bad_overrides_name_the_key(override, expected):

@@ -59,6 +59,9 @@ from mec.tracking import RunLogger, environment_tags
 
 log = logging.getLogger(__name__)
 
+# Checkpoint key: unreadable files skipped up to that epoch, all ranks, so a resumed run's count goes on from it.
+SKIPPED_KEY = "skipped_images"
+
 
 @dataclass(frozen=True)
 class PretrainResult:
@@ -186,6 +189,7 @@ def pretrain(cfg: Config, config_file: Path | None = None, run_id: str | None = 
                 job.run_id = logger.run_id
             for epoch in range(job.start_epoch, cfg.optim.epochs):
                 stats = train_one_epoch(job, epoch, logger)
+                stats.skipped_images = skipped_images(job)
                 if logger is not None:
                     end_epoch(job, epoch, stats, logger)
                 proc.barrier()
@@ -208,6 +212,7 @@ class Pretraining:
     step: int = 0  # optimiser steps completed
     run_id: str | None = None
     resumed: bool = False
+    skipped_before: int = 0  # unreadable files skipped, all ranks, in the epochs before this process started
 
     @property
     def total_steps(self) -> int:
@@ -237,6 +242,7 @@ class EpochStats:
     loss: torch.Tensor | float = 0.0
     coding_length: torch.Tensor | float = 0.0
     started: float = field(default_factory=time.monotonic)
+    skipped_images: int = 0  # unreadable files skipped since the run began, all ranks (`skipped_images`)
 
 
 @dataclass
@@ -285,6 +291,7 @@ def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -
         if not proc.main:  # only rank 0's RNG state is saved; other ranks get their own stream back
             seed_everything(epoch_seed(cfg.train.seed, int(state["epoch"]), proc.rank))
         job.start_epoch, job.step, job.resumed = int(state["epoch"]), int(state["step"]), True
+        job.skipped_before = int(state.get(SKIPPED_KEY, 0))
         job.run_id = state.get(ckpt.RUN_ID_KEY) or given_run_id
         if given_run_id and job.run_id != given_run_id:
             log.warning("checkpoint %s belongs to MLflow run %s, not %s: continuing %s", path, job.run_id,
@@ -450,6 +457,16 @@ def stop_if_diverged(job: Pretraining, epoch: int, out: CodingLengthOutput, meas
     )
 
 
+def skipped_images(job: Pretraining) -> int:
+    """Unreadable files skipped since the run began, on every rank (a collective: all ranks call it)."""
+    count = job.input.skipped_images()
+    if job.proc.distributed:
+        total = torch.tensor([count], dtype=torch.int64, device=job.proc.device)
+        torch.distributed.all_reduce(total)
+        count = int(total)
+    return job.skipped_before + count
+
+
 def end_epoch(job: Pretraining, epoch: int, stats: EpochStats, logger: RunLogger) -> None:
     """Rank 0: the epoch's metrics, then the checkpoint that marks the epoch done, then pruning."""
     seconds = time.monotonic() - stats.started
@@ -457,11 +474,11 @@ def end_epoch(job: Pretraining, epoch: int, stats: EpochStats, logger: RunLogger
     logger.log_metrics({"epoch/loss": mean_loss,
                         "epoch/coding_length": float(stats.coding_length) / job.steps_per_epoch,
                         "epoch/seconds": seconds, "epoch/epoch": epoch + 1,
-                        "data/skipped_images": job.input.skipped_images()}, job.step)
+                        "data/skipped_images": stats.skipped_images}, job.step)
     # Metrics reach the journal (and, when it answers, the store) before the checkpoint that marks the epoch done.
     logger.flush()
-    ckpt.save_checkpoint(ckpt.checkpoint_path(job.ckpt_dir, epoch + 1),
-                         _checkpoint_state(job.model, job.optimizer, epoch + 1, job.step, job.run_id, job.cfg))
+    state = _checkpoint_state(job.model, job.optimizer, epoch + 1, job.step, job.run_id, job.cfg)
+    ckpt.save_checkpoint(ckpt.checkpoint_path(job.ckpt_dir, epoch + 1), state | {SKIPPED_KEY: stats.skipped_images})
     ckpt.prune_checkpoints(job.ckpt_dir, keep=job.cfg.train.checkpoint_keep)
     log.info("epoch %d/%d: loss %.5f (%.1f s)", epoch + 1, job.cfg.optim.epochs, mean_loss, seconds)
 

@@ -4,18 +4,25 @@ resume on the device path, the path chosen by data.loader, and `mec bench`."""
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from conftest import TINY_MODEL
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mec import distributed
 from mec.checkpoint import list_checkpoints
 from mec.config import CONFIG_DIR, ConfigError, build_config, load_config
 from mec.pretrain_input import build_pretrain_input
 from mec.run import JobProcess
-from mec.train import pretrain
+from mec.train import pretrain, skipped_images
 from workflow.cli import main as mec_main
 
 IMAGENET_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("imagenet-*.yaml"))
@@ -160,3 +167,34 @@ def test_train_compile_compiles_the_training_forward_and_keeps_the_eager_model(t
     with job_process("cpu") as proc:
         job = setup_pretraining(cfg, proc, None)
     assert job.train_model._orig_mod.model is job.model  # torch.compile's wrapper around MultiCropForward
+
+
+def test_the_skipped_count_goes_on_from_the_checkpoint_after_a_resume(tmp_path):
+    """One batch of all 17 files per epoch, one of them unreadable: 1 after epoch 1, 2 after the resumed epoch 2
+    (the count is in the checkpoint; this process's own counter starts at 0 again)."""
+    data = write_jpeg_folder(tmp_path / "data", per_class=8, corrupt=1)
+    tree = device_config(tmp_path, data, optim={"epochs": 1, "warmup_epochs": 0, "batch_size": 17})
+    pretrain(build_config(tree))
+    assert _metric(tree, "data/skipped_images") == [(1, 1.0)]
+    tree["optim"]["epochs"] = 2
+    pretrain(build_config(tree))
+    assert _metric(tree, "data/skipped_images") == [(1, 1.0), (2, 2.0)]
+
+
+def _count_skipped_on_rank(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    assert distributed.init_distributed("gloo")
+    job = SimpleNamespace(input=SimpleNamespace(skipped_images=lambda: 3 + rank),
+                          proc=SimpleNamespace(distributed=True, device=torch.device("cpu")), skipped_before=10)
+    (Path(out_dir) / f"rank{rank}.txt").write_text(str(skipped_images(job)))
+    torch.distributed.destroy_process_group()
+
+
+def test_the_skipped_count_sums_every_ranks_files(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_count_skipped_on_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == ["17", "17"]  # 10 before + 3 + 4

@@ -223,6 +223,13 @@ def test_snakemake_profile_slurm_runs_the_dag_through_slurm(slurm_cluster, tmp_p
     assert "mlflow ui --backend-store-uri" in shown and str((results / "tables").resolve()) in shown
 
 
+# A terminal's foreground job takes Ctrl-C's default action. Tests started from a background shell (`nohup
+# .ci/run &`) inherit SIGINT ignored, and a Python started so never raises KeyboardInterrupt (CI failed so, twice,
+# with Snakemake and the rule both still running): exec the command with SIGINT's default action restored.
+WITH_DEFAULT_SIGINT = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execv(sys.argv[1], sys.argv[1:])"]
+
+
 def _why_still_running(snakemake: subprocess.Popen, rule_log: Path) -> str:
     """What a Snakemake session that has not ended after Ctrl-C is doing: its processes, then the stacks each
     Python process prints on SIGABRT (PYTHONFAULTHANDLER), the rule's log and the session's output."""
@@ -244,8 +251,9 @@ def test_ctrl_c_on_snakemake_profile_slurm_cancels_its_jobs(slurm_cluster, tmp_p
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(tree))
     # PYTHONFAULTHANDLER: if the processes do not end, SIGABRT makes each print its threads' stacks (below).
-    snakemake = subprocess.Popen(_profile_command(tmp_path, config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True, env=_environment() | {"PYTHONFAULTHANDLER": "1"}, start_new_session=True)
+    snakemake = subprocess.Popen(WITH_DEFAULT_SIGINT + _profile_command(tmp_path, config), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=_environment() | {"PYTHONFAULTHANDLER": "1"},
+                                 start_new_session=True)
     run_dir = tmp_path / "results" / "pretrain" / "a_s0"
     try:
         job_id = _wait_until_running(run_dir, snakemake)

@@ -34,11 +34,11 @@ op. What differs, and why:
   antialiasing: that path, the one pretraining uses, resamples as the per-image path does.
 - Blur: a truncated Gaussian kernel of radius `BLUR_RADIUS` (4 sigma at the largest sigma), applied as two
   1-D passes with reflected borders, exactly torchvision's `gaussian_blur` with that kernel size; the per-image
-  path uses Pillow's blur (three box passes approximating the Gaussian, under one grey level apart on average,
-  tests/test_augment.py; 0.76-0.94 grey levels for this kernel in tests/test_batch_augment.py). A per-sample
-  Gaussian is one grouped convolution for the batch; Pillow's box passes have no batched tensor op.
+  path blurs with OpenCV (`mec.opencv_ops`, a 6-sigma kernel rounded to uint8: a quarter of a grey level from
+  this one on average, 1.1 at most, tests/test_batch_augment.py). A per-sample Gaussian is one grouped
+  convolution for the batch.
 - Precision: the batch is float from the start and is rounded to 8 bits nowhere, while the per-image path
-  rounds to uint8 after every Pillow op (jitter steps, grayscale, blur), so outputs differ by up to about a
+  rounds to uint8 after every op (jitter steps, grayscale, blur), so outputs differ by up to about a
   grey level per op even with equal parameters. Pillow's jitter ops (`ImageEnhance`) also round and clamp
   differently from torchvision's tensor ops, which these functions follow.
 - Order: the flip is folded into the crop's sampling grid (a mirrored grid), not applied last. All later ops

@@ -82,21 +82,21 @@ def bookkeeping(operation: str, *, in_process: bool = False, timeout_s: float | 
             raise StageError(f"MLflow bookkeeping ({operation}) did not finish within {timeout_s:g} s") from None
         if proc.returncode != 0:
             log.debug("%s failed:\n%s", operation, proc.stderr)
-            reason = _exception_line(proc.stderr, proc.returncode)
+            lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+            reason = exception_line(lines) if lines else f"exit status {proc.returncode}"
             raise StageError(f"MLflow bookkeeping ({operation}) failed: {reason}")
         return json.loads(result.read_text())
 
 
-# Lines SQLAlchemy adds after its exception's own line: the statement, its parameters, a link.
-_NOT_THE_EXCEPTION = ("[SQL:", "[parameters:", "(Background on this error at:")
+# Lines printed after a traceback's exception line: submitit's pointers to the job's logs; SQLAlchemy's statement,
+# its parameters and a link.
+NOT_THE_EXCEPTION = ("You can check", "or at paths", "- ", "[SQL:", "[parameters:", "(Background on this error at:")
 
 
-def _exception_line(stderr: str, returncode: int) -> str:
-    """The line of a child's traceback that names its exception ("sqlalchemy.exc.OperationalError: (sqlite3...)
-    database is locked"), not the notes some libraries print after it."""
-    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
-    named = [line for line in lines if not line.startswith(_NOT_THE_EXCEPTION)]
-    return (named or lines or [f"exit status {returncode}"])[-1]
+def exception_line(lines: list[str]) -> str:
+    """The last of ``lines`` (stripped, not empty) that names the exception ("sqlalchemy.exc.OperationalError:
+    (sqlite3.OperationalError) database is locked"), not a note printed after it."""
+    return next((line for line in reversed(lines) if not line.startswith(NOT_THE_EXCEPTION)), lines[-1])
 
 
 def bookkeeping_in_background(operation: str, **kwargs: Any) -> subprocess.Popen:
@@ -219,9 +219,7 @@ def one_line(exc: BaseException) -> str:
     """A failure in one line: the message's first line and, for a job's traceback, its last (the exception)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip() and set(line.strip()) != {"-"}]
     if len(lines) > 1:
-        last = next((line for line in reversed(lines) if not line.startswith(("You can check", "or at paths", "- "))),
-                    lines[-1])
-        return f"{lines[0]} {last}"
+        return f"{lines[0]} {exception_line(lines)}"
     return lines[0] if lines else ""
 
 

@@ -18,7 +18,10 @@ loader's workers (`skipped_images`). Grayscale, CMYK and PNG files are read, thr
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import multiprocessing
 import pickle
 import signal
 from collections.abc import Callable
@@ -387,6 +390,30 @@ def leave_signals_to_the_main_process(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+@functools.cache
+def kill_deaf_workers_at_exit() -> None:
+    """Make this process kill its loader workers when it exits, once (called whenever a loader with workers is
+    built).
+
+    multiprocessing's exit handler ends daemonic children, which loader workers are, with SIGTERM and then
+    joins them; ours ignore SIGTERM (`leave_signals_to_the_main_process`), so a process that exits while a
+    loader's workers still live would wait for them forever. That happens when a job fails with the loader
+    still referenced: submitit re-raises the job's exception, and the traceback Python keeps at exit holds the
+    frames whose loader keeps persistent workers (the device path's). A failed job then held its allocation
+    until SLURM's time limit. atexit runs its handlers last registered first, so this one runs before
+    multiprocessing's (registered when torch imported it) and its join finds the workers gone."""
+    atexit.register(_kill_daemonic_children)
+
+
+def _kill_daemonic_children() -> None:
+    # torch's SIGCHLD handler would report each killed worker as "DataLoader worker ... is killed by signal",
+    # burying the job's own error.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -411,7 +438,8 @@ def build_loader(
     each time an epoch's iterator starts its workers. Workers do not persist across epochs, so a caller that
     reseeds the generator per epoch (as pretraining does) gets the same augmentations after a resume as
     without one; the cost is one worker start per epoch. With `num_workers == 0` the transforms draw from
-    the process' global torch RNG instead. Workers ignore the job's signals (`leave_signals_to_the_main_process`).
+    the process' global torch RNG instead. Workers ignore the job's signals (`leave_signals_to_the_main_process`)
+    and are killed when the process exits (`kill_deaf_workers_at_exit`).
     `persistent_workers` keeps them across epochs: right only where workers draw nothing at random (the device
     path's workers just read files; its augmentations draw in the main process).
     """
@@ -425,6 +453,8 @@ def build_loader(
     elif distributed and not initialised:
         raise ValueError("distributed=True needs an initialised torch.distributed process group")
     world_size, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+    if num_workers:
+        kill_deaf_workers_at_exit()
     sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +189,32 @@ def test_loader_partitions_by_rank_and_reshuffles_by_epoch():
         build_loader(dataset, 4, shuffle=False, drop_last=False, num_workers=0, seed=0, distributed=True)
     with pytest.raises(ValueError, match="batch_size"):
         build_loader(dataset, 0, shuffle=False, drop_last=False, num_workers=0, seed=0)
+
+
+# A job that fails mid-epoch, its exception left uncaught as submitit leaves it (it re-raises after saving it).
+FAILS_MID_EPOCH = """
+import sys, torch
+from mec.data import build_loader
+loader = build_loader(torch.utils.data.TensorDataset(torch.arange(64.)), 4, shuffle=True, drop_last=True,
+                      num_workers=2, seed=0, persistent_workers=sys.argv[1] == "persistent")
+for step, batch in enumerate(loader):
+    if step == 3:
+        raise FloatingPointError("loss is nan")
+"""
+
+
+@pytest.mark.parametrize("workers", ["persistent", "per_epoch"])
+def test_a_job_failing_with_its_loader_workers_alive_exits(tmp_path, workers):
+    # The workers ignore SIGTERM (SLURM's preemption is the main process' to handle), which is how
+    # multiprocessing ends them at exit: the persistent ones used to keep the failed job alive until its time limit.
+    script = tmp_path / "fails.py"
+    script.write_text(FAILS_MID_EPOCH)
+    try:
+        out = subprocess.run([sys.executable, str(script), workers], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the failed job did not exit: its loader workers outlived it")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "FloatingPointError: loss is nan", out.stderr[-2000:]
 
 
 # ---- rendered digits ---------------------------------------------------------------------------------------

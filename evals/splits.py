@@ -3,7 +3,8 @@
 Two kinds of split file, one image per line:
 - SimCLR's ImageNet 1% / 10% lists (``n01440764_10026.JPEG``): the class is the name's prefix before ``_``, the
   image is ``<root>/train/<class>/<name>``. Users bring their own copy; `resolve_split` checks it against
-  the published SHA-256 (`verify_simclr_split`) (the lists themselves are not shipped).
+  the published SHA-256 (`verify_simclr_split`; a copy with CRLF line endings passes) (the lists themselves are
+  not shipped). A bare name found in several class folders is refused: such lists name ``class/file``.
 - Our own lists for CIFAR and ImageFolder data (``3/0836_01.png`` or a CIFAR index ``#1234``), written once by
   `write_balanced_split`: class-balanced, deterministic from the seed, so every run and every method sees the
   same images.
@@ -11,6 +12,7 @@ Two kinds of split file, one image per line:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,34 +69,76 @@ def resolve_split(path: Path, samples: Sequence[tuple[str, int]] | None, root: P
         raise SplitError(f"split file {path} does not exist")
     if path.name in SIMCLR_SHA256:
         verify_simclr_split(path)
-    by_name: dict[str, int] = {}
-    by_basename: dict[str, int] = {}
-    if samples is not None:
-        for i, (file, _) in enumerate(samples):
-            by_name[Path(file).relative_to(root).as_posix()] = i
-            by_basename[Path(file).name] = i
+    files = _FolderFiles(samples, root) if samples is not None else None
     indices = []
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         entry = raw.strip()
-        if not entry:
-            continue
-        if entry.startswith("#"):
-            index = int(entry[1:])
-            if size is not None and not 0 <= index < size:
-                raise SplitError(f"{path}:{number}: index {index} is outside the data set (0..{size - 1})")
-            indices.append(index)
-        elif "/" in entry:
-            if entry not in by_name:
-                raise SplitError(f"{path}:{number}: image {entry!r} is not in {root}")
-            indices.append(by_name[entry])
-        else:  # SimCLR style: a bare file name whose class is its prefix
-            if entry not in by_basename:
-                expected = Path(root or ".") / entry.split("_")[0] / entry
-                raise SplitError(f"{path}:{number}: image {entry!r} is missing (expected {expected})")
-            indices.append(by_basename[entry])
+        if entry:
+            indices.append(_entry_index(f"{path}:{number}", entry, files, size))
     if not indices:
         raise SplitError(f"split file {path} names no images")
     return indices
+
+
+class _FolderFiles:
+    """The images of a folder data set by path relative to its root and by bare file name (several per name)."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], root: Path | None) -> None:
+        self.root = root
+        self.by_name: dict[str, int] = {}
+        self.by_basename: dict[str, list[str]] = {}
+        for i, (file, _) in enumerate(samples):
+            name = Path(file).relative_to(root).as_posix()
+            self.by_name[name] = i
+            self.by_basename.setdefault(Path(file).name, []).append(name)
+        self.classes = {name.split("/")[0] for name in self.by_name if "/" in name}
+
+
+def _entry_index(where: str, entry: str, files: _FolderFiles | None, size: int | None) -> int:
+    """The data set index of one split line; ``where`` is ``file:line`` for the error."""
+    if entry.startswith("#"):
+        return _index_entry(where, entry, size)
+    if "\\" in entry:
+        raise SplitError(f"{where}: {entry!r} has Windows path separators '\\', which are not supported: "
+                         "write class/file with '/'")
+    if files is None:  # CIFAR and the like: no image files to name
+        raise SplitError(f"{where}: got {entry!r}, but this data set has no image files: its split entries are "
+                         "image indices '#<integer>' (file names and class/file paths need a folder data set)")
+    if "/" in entry:
+        if entry not in files.by_name:
+            raise SplitError(f"{where}: image {entry!r} is not in {files.root}")
+        return files.by_name[entry]
+    return _bare_name_index(where, entry, files)
+
+
+def _index_entry(where: str, entry: str, size: int | None) -> int:
+    try:
+        index = int(entry[1:])
+    except ValueError:
+        raise SplitError(f"{where}: expected an image index (an integer after '#'), got {entry!r}") from None
+    if size is not None and not 0 <= index < size:
+        raise SplitError(f"{where}: index {index} is outside the data set (0..{size - 1})")
+    return index
+
+
+def _bare_name_index(where: str, entry: str, files: _FolderFiles) -> int:
+    """SimCLR style: a bare file name. Where its prefix before ``_`` names a class folder (ImageNet's
+    ``n01440764_10026.JPEG``), the image must be in that folder; a name found in several folders is ambiguous."""
+    candidates = files.by_basename.get(entry, [])
+    prefix = entry.split("_")[0]
+    if "_" in entry and prefix in files.classes:
+        in_class = [name for name in candidates if name.split("/")[0] == prefix]
+        if candidates and not in_class:
+            raise SplitError(f"{where}: image {entry!r} is named for class {prefix!r} but is in "
+                             f"{', '.join(candidates)} (under {files.root})")
+        candidates = in_class
+    if not candidates:
+        expected = Path(files.root or ".") / prefix / entry
+        raise SplitError(f"{where}: image {entry!r} is missing (expected {expected})")
+    if len(candidates) > 1:
+        raise SplitError(f"{where}: image {entry!r} is ambiguous: {', '.join(candidates)} share the name; "
+                         "give class/file")
+    return files.by_name[candidates[0]]
 
 
 def verify_simclr_split(path: Path) -> None:
@@ -104,5 +148,9 @@ def verify_simclr_split(path: Path) -> None:
     if expected is None:
         raise SplitError(f"{path}: not one of SimCLR's split lists {sorted(SIMCLR_SHA256)}")
     actual = file_sha256(path)
-    if actual != expected:
-        raise SplitError(f"{path}: SHA-256 {actual} does not match SimCLR's published list ({expected})")
+    if actual == expected:
+        return
+    # A copy saved on Windows has CRLF line endings: the same names, so the same images.
+    if hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest() == expected:
+        return
+    raise SplitError(f"{path}: SHA-256 {actual} does not match SimCLR's published list ({expected})")

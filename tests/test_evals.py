@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar
-from conftest import TINY_MODEL, write_image_folder
+from conftest import CIFAR10_FILES, TINY_MODEL, write_cifar10, write_image_folder, write_pickle
 from mlflow.tracking import MlflowClient
-from test_data import CIFAR10_FILES, _write_cifar10, _write_pickle
 
 from evals import run_protocol
 from evals.job import EvalJob
@@ -71,6 +71,21 @@ def test_knn_extracts_features_once_per_backbone_and_split(tmp_path, folder, cap
     assert run_protocol(_job(tmp_path, "knn", config, other, k=[3]))["knn/features_reused"] == 0.0
 
 
+@pytest.mark.parametrize("protocol, options, message", [
+    ("knn", {"kk": 5}, r"^knn: unknown options \['kk'\]; allowed: \['k', 'temperature'\]$"),
+    ("knn", {"temperature": "abc"}, r"^knn: options.temperature must be a number, got 'abc'$"),
+    ("tsne", {"perplexity": "high"}, r"^tsne: options.perplexity must be a number, got 'high'$"),
+    ("tsne", {"max_points": 2.5}, r"^tsne: options.max_points must be an int, got 2.5$"),
+    ("transfer", {"dataset": "DTD", "root": "/x", "c": [1.0]}, r"^transfer: unknown options \['c'\]"),
+    ("transfer", {"dataset": "DTD", "root": "/x", "C": "1e-3"}, r"^transfer: options.C must be a list of positive"),
+])
+def test_options_a_protocol_does_not_read_or_cannot_use_are_refused_by_name(tmp_path, folder, protocol, options,
+                                                                             message):
+    config = _config({"name": "imagefolder", "root": str(folder)})
+    with pytest.raises(ValueError, match=message):
+        run_protocol(_job(tmp_path, protocol, config, tmp_path / "never-read.pt", **options))
+
+
 def test_linear_probe_logs_each_epoch_and_resumes_instead_of_retraining(tmp_path, folder, caplog):
     config = _config({"name": "imagefolder", "root": str(folder)})
     backbone = _backbone(tmp_path / "b.pt", config)
@@ -89,7 +104,7 @@ def test_linear_probe_logs_each_epoch_and_resumes_instead_of_retraining(tmp_path
 
 
 def test_linear_probe_reads_real_cifar_batches_from_elsewhere_with_checksums_off(tmp_path):
-    _write_cifar10(tmp_path / "cifar", images_per_file=8)  # real format, not torchvision's official bytes
+    write_cifar10(tmp_path / "cifar", images_per_file=8)  # real format, not torchvision's official bytes
     data = {"name": "cifar10", "root": str(tmp_path / "cifar"), "augment": "cifar", "image_size": 32}
     config = _config(data | {"verify_checksums": False})
     backbone = _backbone(tmp_path / "b.pt", config)
@@ -176,6 +191,78 @@ def test_simclr_style_lists_resolve_by_file_name_and_are_checked(tmp_path):
         verify_simclr_split(fake)
 
 
+def _png_tree(root: Path, names: list[str]) -> list[tuple[str, int]]:
+    """An ImageFolder tree of tiny PNGs at ``root``/class/file; its samples as torchvision lists them."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(root / name)
+    return ImageFolder(str(root)).samples
+
+
+def test_split_entries_that_name_no_single_image_are_one_line_with_the_file_and_line(tmp_path):
+    root = tmp_path / "train"
+    samples = _png_tree(root, ["cat/img0.png", "dog/img0.png", "dog/img1.png"])
+    assert resolve_split(write_split(tmp_path / "ok.txt", ["img1.png", "cat/img0.png"]), samples, root) == [2, 0]
+    bad = {"ambiguous": (["img1.png", "img0.png"], r"ambiguous\.txt:2: image 'img0\.png' is ambiguous: "
+                                                   r"cat/img0\.png, dog/img0\.png share the name; give class/file"),
+           "windows": ([r"cat\img0.png"], r"windows\.txt:1: 'cat\\\\img0\.png' has Windows path separators .* "
+                                           r"not supported: write class/file with '/'"),
+           "index": (["#2", "#abc"], r"index\.txt:2: expected an image index \(an integer after '#'\), got '#abc'")}
+    for name, (lines, message) in bad.items():
+        with pytest.raises(SplitError, match=f"^{re.escape(str(tmp_path))}/{message}$"):
+            resolve_split(write_split(tmp_path / f"{name}.txt", lines), samples, root, len(samples))
+
+
+def test_a_simclr_name_must_sit_in_the_folder_of_its_class_prefix(tmp_path):
+    root = tmp_path / "train"
+    samples = _png_tree(root, ["n01/n01_1.png", "n01/n02_5.png", "n02/n02_7.png", "misc/a_1.png"])
+    listed = write_split(tmp_path / "list.txt", ["n02_7.png", "n01_1.png", "a_1.png"])
+    assert resolve_split(listed, samples, root) == [3, 1, 0]  # 'a' names no class folder: found by name alone
+    moved = write_split(tmp_path / "moved.txt", ["n02_5.png"])
+    with pytest.raises(SplitError, match=r"moved\.txt:1: image 'n02_5\.png' is named for class 'n02' but is in "
+                                         r"n01/n02_5\.png"):
+        resolve_split(moved, samples, root)
+
+
+def test_cifar_splits_take_indices_and_say_so_for_a_file_name(tmp_path):
+    from evals.supervised import classifier_datasets
+
+    write_cifar10(tmp_path / "cifar", images_per_file=8)
+    config = _config({"name": "cifar10", "root": str(tmp_path / "cifar"), "augment": "cifar", "image_size": 32,
+                      "verify_checksums": False})
+    backbone = tmp_path / "unused.pt"
+    split = write_split(tmp_path / "s.txt", ["#0", "#39"])
+    train, _, _ = classifier_datasets(_job(tmp_path, "finetune", config, backbone, split=str(split)))
+    assert len(train) == 2
+    for entry in ("cat/img0.jpg", "img0.jpg"):
+        bad = write_split(tmp_path / "bad.txt", ["#0", entry])
+        with pytest.raises(SplitError, match=rf"bad\.txt:2: got '{entry}', but this data set has no image files: "
+                                             r"its split entries are image indices '#<integer>' \(file names"):
+            classifier_datasets(_job(tmp_path, "finetune", config, backbone, split=str(bad)))
+
+
+SIMCLR_LISTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "simclr-imagenet-subsets"
+
+
+@pytest.mark.skipif(not (SIMCLR_LISTS / "1percent.txt").is_file(), reason="SimCLR's published lists are not here")
+def test_the_published_simclr_list_resolves_and_a_crlf_copy_of_it_passes_its_checksum(tmp_path):
+    published = SIMCLR_LISTS / "1percent.txt"
+    names = published.read_text().split()
+    root = tmp_path / "train"
+    samples = [(str(root / name.split("_")[0] / name), 0) for name in sorted(names)]  # resolving reads no pixels
+    assert sorted(resolve_split(published, samples, root)) == list(range(len(names))) and len(names) == 12811
+    crlf = tmp_path / "crlf" / "1percent.txt"
+    crlf.parent.mkdir()
+    crlf.write_bytes(published.read_bytes().replace(b"\n", b"\r\n"))
+    assert resolve_split(crlf, samples, root) == resolve_split(published, samples, root)
+    crlf.write_bytes(crlf.read_bytes()[:-7] + b"\r\n")  # a list cut short still fails, line endings aside
+    with pytest.raises(SplitError, match="does not match SimCLR's published list"):
+        verify_simclr_split(crlf)
+
+
 def test_balanced_subsets_are_deterministic_and_cover_every_class():
     targets = [c for c in range(10) for _ in range(50)]
     subset = balanced_subset(targets, 0.1, seed=3)
@@ -233,8 +320,8 @@ def _write_bright_dark_cifar10(root: Path, images_per_file: int = 20) -> None:
     for name in CIFAR10_FILES:
         labels = [int(i % 4 == 3) for i in range(images_per_file)]
         data = np.stack([rng.integers(190, 256, 3072) if label else rng.integers(0, 60, 3072) for label in labels])
-        _write_pickle(folder / name, {"batch_label": name, "data": data.astype(np.uint8), "labels": labels})
-    _write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+        write_pickle(folder / name, {"batch_label": name, "data": data.astype(np.uint8), "labels": labels})
+    write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
 
 
 def test_transfer_selects_c_on_a_held_out_split_and_scores_the_test_split(tmp_path, folder, monkeypatch):

@@ -269,6 +269,14 @@ def test_bad_mot(mot_root: Path, tmp_path: Path) -> None:
     assert _one_line(error) == f"{gt}:2: frame {FRAMES + 1} is outside 1..{FRAMES}"
     gt.unlink()
     assert read_mot(root)[1].gt.shape == (0, 9)  # no ground truth, as in a test split
+    det = folder / "det" / "det.txt"
+    det.write_text("")
+    assert read_mot(root, require_det=True)[1].det.shape == (0, 7)  # an empty file: a sequence without detections
+    det.unlink()
+    assert read_mot(root)[1].det.shape == (0, 7)
+    with pytest.raises(TrackingDataError) as error:
+        read_mot(root, require_det=True)
+    assert _one_line(error).startswith(f"{det}: missing file (MOT tracks the given detections of every sequence")
 
     (folder / "img1" / f"{FRAMES:06d}.jpg").unlink()
     with pytest.raises(TrackingDataError) as error:

@@ -300,6 +300,18 @@ def test_run_mots_perfect_masks_and_an_oracle_give_a_perfect_tracker(mots_root: 
     assert noisy["FN"] > 0 and noisy["FP"] > 0 and 0 < noisy["IDF1"] < 1
 
 
+def test_run_mots_refuses_a_sequence_without_its_given_masks(mots_root: Path, tmp_path: Path):
+    root = Path(shutil.copytree(mots_root, tmp_path / "copy"))
+    det = root / "train" / "DIGITS-02" / "det" / "det.txt"
+    det.unlink()
+    assert read_mots(root)[1].det == []  # the reader alone still reads a tree without given masks
+    with pytest.raises(TrackingDataError) as error:
+        mots.run_mots(OracleModel(root), root, output_dir=tmp_path / "out")
+    assert one_line(error) == (f"{det}: missing file (MOTS tracks the given detections of every sequence; "
+                               "an empty file stands for a sequence without any)")
+    assert not (tmp_path / "out").exists()  # refused before tracking any sequence
+
+
 def test_masks_with_the_real_network_shapes():
     from evals.tracking.appearance import AppearanceModel
     from mec.augment import IMAGENET_MEAN, IMAGENET_STD

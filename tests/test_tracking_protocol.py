@@ -7,6 +7,7 @@ width-4 digits backbone, logging into a real MLflow store; bad data ends in one 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,36 @@ def test_a_malformed_ground_truth_line_names_the_file_and_line(tmp_path, backbon
     with pytest.raises(TrackingDataError, match=rf"^{gt}:3: expected comma-separated numbers"):
         run_protocol(job)
     assert MlflowClient(job.tracking_uri).get_run(job.run_id).info.status == "FAILED"
+
+
+def test_a_mot_sequence_without_its_detections_file_fails_instead_of_scoring_zero(tmp_path, backbone):
+    cfg = build_config(_digits_config())
+    root = write_videos("mot", tmp_path / "mot", video_parameters(cfg.data, SMALL_VIDEOS))
+    det = root / "train" / "DIGITS-01" / "det" / "det.txt"
+    det.write_text("")  # a sequence with no detections at all is real data: it runs
+    (tmp_path / "empty").mkdir()
+    metrics = run_protocol(_job(tmp_path / "empty", backbone, task="mot", root=str(root)))
+    assert 0.0 <= metrics["tracking/IDF1"] < 1.0
+    shutil.rmtree(det.parent)
+    job = _job(tmp_path, backbone, task="mot", root=str(root))
+    with pytest.raises(TrackingDataError) as error:
+        run_protocol(job)
+    assert str(error.value) == (f"{det}: missing file (MOT tracks the given detections of every sequence; "
+                                "an empty file stands for a sequence without any)")
+    assert not (Path(job.output_dir) / "results" / "DIGITS-02.txt").exists()  # refused before tracking any
+    assert MlflowClient(job.tracking_uri).get_run(job.run_id).info.status == "FAILED"
+
+
+def test_a_davis_sequence_missing_a_middle_mask_names_that_mask(tmp_path, backbone):
+    cfg = build_config(_digits_config())
+    root = write_videos("vos", tmp_path / "davis", video_parameters(cfg.data, SMALL_VIDEOS))
+    mask = root / "Annotations" / "480p" / "digits-002" / "00002.png"
+    mask.unlink()
+    job = _job(tmp_path, backbone, task="vos", root=str(root))
+    with pytest.raises(TrackingDataError) as error:
+        run_protocol(job)
+    assert str(error.value) == (f"{mask}: missing annotation (1 of {SMALL_VIDEOS['frames']} frames have none; "
+                                "semi-supervised VOS scores every frame)")
 
 
 # ------------------------------------------------------------------------------------------------ experiment and DAG

@@ -362,12 +362,21 @@ def _mot_rows(path: Path, columns: int, expected: str, num_frames: int) -> np.nd
     if not path.is_file():
         return np.zeros((0, columns))
     rows = _numeric_rows(path, 6, expected)
-    if len(rows):
-        bad = np.flatnonzero((rows[:, 0] < 1) | (rows[:, 0] > num_frames) | (rows[:, 0] != np.round(rows[:, 0])))
-        if bad.size:
-            line = _line_of_row(path, int(bad[0]))
-            raise TrackingDataError(f"{path}:{line}: frame {rows[bad[0], 0]:g} is outside 1..{num_frames}")
+    if not len(rows):  # an empty file: the same [0, columns] as no file, for code that slices the columns
+        return np.zeros((0, columns))
+    bad = np.flatnonzero((rows[:, 0] < 1) | (rows[:, 0] > num_frames) | (rows[:, 0] != np.round(rows[:, 0])))
+    if bad.size:
+        line = _line_of_row(path, int(bad[0]))
+        raise TrackingDataError(f"{path}:{line}: frame {rows[bad[0], 0]:g} is outside 1..{num_frames}")
     return rows
+
+
+def _require_detections(path: Path, task: str) -> None:
+    """A task that tracks given detections would score a sequence without its file as a tracker that found
+    nothing, averaged in with the rest; an empty file is how a sequence says it has no detections."""
+    if not path.is_file():
+        raise TrackingDataError(f"{path}: missing file ({task} tracks the given detections of every sequence; "
+                                "an empty file stands for a sequence without any)")
 
 
 def _line_of_row(path: Path, row: int) -> int:
@@ -381,9 +390,10 @@ def _line_of_row(path: Path, row: int) -> int:
     return row + 1
 
 
-def read_mot(root: str | Path, split: str = "train") -> list[MotSequence]:
+def read_mot(root: str | Path, split: str = "train", *, require_det: bool = False) -> list[MotSequence]:
     """The sequences of `root/<split>/`, sorted by name; each needs seqinfo.ini and `seqLength` frames in its
-    image folder (`imDir`, default img1); gt/gt.txt and det/det.txt are read when there."""
+    image folder (`imDir`, default img1); gt/gt.txt and det/det.txt are read when there (det/det.txt must be
+    there with `require_det`)."""
     root = Path(root)
     split_dir = _require_dir(root / split, f"MOT split {split!r}")
     sequences = []
@@ -398,6 +408,8 @@ def read_mot(root: str | Path, split: str = "train") -> list[MotSequence]:
                                     f"{len(frames)} frames")
         if int(frames[0].stem) != 1:
             raise TrackingDataError(f"{frames[0]}: the first frame must be number 1")
+        if require_det:
+            _require_detections(folder / "det" / "det.txt", "MOT")
         gt = _mot_rows(folder / "gt" / "gt.txt", 9, "comma-separated numbers frame,id,x,y,w,h,...", len(frames))
         det = _mot_rows(folder / "det" / "det.txt", 7, "comma-separated numbers frame,-1,x,y,w,h,score,...",
                         len(frames))
@@ -566,11 +578,11 @@ def read_mots_file(
     return objects
 
 
-def read_mots(root: str | Path, split: str = "train") -> list[MotsSequence]:
+def read_mots(root: str | Path, split: str = "train", *, require_det: bool = False) -> list[MotsSequence]:
     """The sequences of a MOTS Challenge tree `root/<split>/<seq>/` (img1/, seqinfo.ini, gt/gt.txt, det/det.txt),
     sorted by name. Like `read_mot`: seqinfo.ini and `seqLength` frames numbered from 1 are required; gt/gt.txt and
-    det/det.txt are read when there (det.txt may carry a 7th column, the score). Masks must have the image size of
-    seqinfo.ini (imHeight x imWidth) when it gives one."""
+    det/det.txt are read when there (det.txt may carry a 7th column, the score; it must be there with
+    `require_det`). Masks must have the image size of seqinfo.ini (imHeight x imWidth) when it gives one."""
     root = Path(root)
     split_dir = _require_dir(root / split, f"MOTS split {split!r}")
     sequences = []
@@ -586,6 +598,8 @@ def read_mots(root: str | Path, split: str = "train") -> list[MotsSequence]:
             raise TrackingDataError(f"{frames[0]}: the first frame must be number 1")
         height, width = info.get("imHeight"), info.get("imWidth")
         size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+        if require_det:
+            _require_detections(folder / "det" / "det.txt", "MOTS")
         files = {}
         for kind, scores in (("gt", False), ("det", True)):
             path = folder / kind / f"{kind}.txt"

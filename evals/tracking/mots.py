@@ -257,7 +257,7 @@ def run_mots(model: Any, root: str | Path, *, split: str = "train", output_dir: 
     TrackEval and the MOTS Challenge read) and each sequence's scores to `sequences.json`. `head_options` go to
     `associate_masks`."""
     scored, per_sequence = [], {}
-    for sequence in datasets.read_mots(root, split):
+    for sequence in datasets.read_mots(root, split, require_det=True):
         if not sequence.gt:
             raise TrackingDataError(f"{Path(root) / split / sequence.name}: no gt/gt.txt to score against")
         rows = track_sequence(model, sequence, **head_options)

@@ -36,10 +36,8 @@ def run_vos(model: Any, root: str | Path, output_dir: str | Path, *, split: str 
     out = Path(output_dir)
     preds, gts, per_sequence = [], [], {}
     for sequence in datasets.read_davis(root, split):
+        _check_every_frame_annotated(sequence)
         gt = datasets.load_masks(sequence)
-        if len(gt) != len(sequence.frames):
-            raise TrackingDataError(f"{Path(sequence.masks[0]).parent}: {len(gt)} annotations for "
-                                    f"{len(sequence.frames)} frames (semi-supervised VOS scores every frame)")
         frames = read_frames(sequence.frames)
         if frames[0].shape[:2] != gt[0].shape:
             raise TrackingDataError(f"{sequence.masks[0]}: mask {gt[0].shape} for frames of {frames[0].shape[:2]}")
@@ -56,6 +54,17 @@ def run_vos(model: Any, root: str | Path, output_dir: str | Path, *, split: str 
     scores = metrics.davis_scores(preds, gts)
     metrics.write_sequence_scores(out, per_sequence)
     return scores
+
+
+def _check_every_frame_annotated(sequence: datasets.DavisSequence) -> None:
+    """Semi-supervised VOS scores every frame, so each needs its mask; `read_davis` already refuses a mask of a
+    frame that is not there, so the first frame without one is the file to name."""
+    annotated = {Path(mask).stem for mask in sequence.masks}
+    missing = [Path(frame).stem for frame in sequence.frames if Path(frame).stem not in annotated]
+    if missing:
+        raise TrackingDataError(f"{Path(sequence.masks[0]).parent / (missing[0] + '.png')}: missing annotation "
+                                f"({len(missing)} of {len(sequence.frames)} frames have none; semi-supervised VOS "
+                                "scores every frame)")
 
 
 def run_sot(model: Any, root: str | Path, output_dir: str | Path, **head: Any) -> dict[str, float]:
@@ -83,7 +92,7 @@ def run_mot(model: Any, root: str | Path, output_dir: str | Path, *, split: str 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     scored, per_sequence = [], {}
-    for sequence in datasets.read_mot(root, split):
+    for sequence in datasets.read_mot(root, split, require_det=True):
         if len(sequence.gt) == 0:
             raise TrackingDataError(f"{root}/{split}/{sequence.name}: no gt/gt.txt to score against")
         detections = [sequence.det[sequence.det[:, 0] == t][:, 2:7] for t in range(1, len(sequence.frames) + 1)]

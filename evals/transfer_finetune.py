@@ -72,7 +72,6 @@ from mec.augment import IMAGENET_MEAN, IMAGENET_STD
 from mec.data import build_loader
 from mec.run import JobProcess, job_process, logged_run, resume_latest, seed_everything
 from mec.threads import loader_workers
-from mec.train import epoch_seed
 from mec.trees import params_hash
 
 log = logging.getLogger(__name__)
@@ -323,7 +322,6 @@ def finetune(job: EvalJob, s: Settings, data: TransferData, run: Training, proc:
     saved, loss_sum, loss_count = step, 0.0, 0
     while step < s.steps:  # checkpoints are taken at epoch ends (and at the last step): resume at an epoch start
         epoch = step // steps_per_epoch
-        loader.generator.manual_seed(epoch_seed(s.seed, epoch, proc.rank))
         loader.sampler.set_epoch(epoch)
         train_model.train()
         for images, targets in loader:

@@ -137,9 +137,9 @@ def eval_loader(dataset: Dataset, batch_size: int, view: View, device: torch.dev
                 num_workers: int, seed: int, distributed: bool = False) -> DataLoader | DecodedLoader:
     """The (images, labels) loader of an evaluation: `mec.data.build_loader`'s over a data set of transformed
     images (the per-image path; `view` and `device` unused), a `DecodedLoader` over `EncodedImages` (the device
-    path: workers read bytes, kept across epochs, as they draw nothing at random)."""
+    path: workers read bytes and draw nothing at random)."""
     encoded = encoded_images(dataset) is not None
     loader = build_loader(dataset, batch_size, shuffle=shuffle, drop_last=False, num_workers=num_workers, seed=seed,
                           distributed=distributed, collate_fn=collate_encoded if encoded else None,
-                          persistent_workers=encoded)
+                          seeded_items=not encoded)
     return DecodedLoader(loader, device, view) if encoded else loader

@@ -24,11 +24,10 @@ import logging
 import multiprocessing
 import pickle
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import UnidentifiedImageError
@@ -209,7 +208,7 @@ class ReadableImageFolder(ImageFolder):
 def skipped_images(dataset: Dataset) -> int:
     """How many items `dataset` served in place of an unreadable file so far, in this process and its loader
     workers (0 for data sets that do not skip, such as CIFAR's, which is read whole when it is built)."""
-    if isinstance(dataset, Subset):
+    if isinstance(dataset, (Subset, SeededItems)):
         return skipped_images(dataset.dataset)
     unreadable = getattr(dataset, "unreadable", None)
     return unreadable.total if isinstance(unreadable, UnreadableFiles) else 0
@@ -414,6 +413,50 @@ def _kill_daemonic_children() -> None:
             child.kill()
 
 
+_MASK64 = 2**64 - 1
+
+
+def _splitmix64(value: int) -> int:
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of item ``index``'s random draws in ``epoch`` of a loader seeded with ``seed``: chained
+    splitmix64, so that neighbouring indices or epochs do not seed related streams."""
+    return _splitmix64(_splitmix64(_splitmix64(seed & _MASK64) ^ epoch) ^ index) >> 1
+
+
+class SeededSampler(DistributedSampler):
+    """A `DistributedSampler` whose indices come with their seeds, (index, `item_seed`), for `SeededItems`."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((index, item_seed(self.seed, self.epoch, index)) for index in super().__iter__())
+
+
+class SeededItems(Dataset):
+    """``dataset``'s items, each read with torch's default generator seeded with the seed its index comes with
+    (`SeededSampler`); the generator's state is restored after, so in the main process (no workers) reading an
+    item leaves the process' random stream as it was."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index_and_seed: tuple[int, int]) -> Any:
+        index, seed = index_and_seed
+        state = torch.random.get_rng_state()
+        torch.random.default_generator.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.random.set_rng_state(state)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -424,24 +467,24 @@ def build_loader(
     seed: int,
     distributed: bool | None = None,
     collate_fn: Callable[[list[Any]], Any] | None = None,
-    persistent_workers: bool = False,
+    seeded_items: bool = True,
 ) -> DataLoader:
-    """A DataLoader whose order is fixed by (seed, epoch) and, when distributed, split across ranks.
+    """A DataLoader whose order and augmentations are fixed by (seed, epoch) and, when distributed, split
+    across ranks.
 
     The sampler is always a `DistributedSampler` (a single replica when not distributed) so that every caller
     does the same thing each epoch: call `loader.sampler.set_epoch(epoch)` before iterating, or every epoch
-    repeats the first epoch's order. With `distributed` (default: whether torch.distributed is initialised)
-    each rank reads its 1/world share; `batch_size` is per process. Without `drop_last` the sampler pads the
-    last share with repeated images so all ranks see the same count: run exact evaluations on one rank.
+    repeats the first epoch's order and augmentations. With `distributed` (default: whether torch.distributed is
+    initialised) each rank reads its 1/world share; `batch_size` is per process. Without `drop_last` the sampler
+    pads the last share with repeated images so all ranks see the same count: run exact evaluations on one rank.
 
-    Augmentations run in the workers, seeded from `loader.generator` (seeded here with `seed` and the rank)
-    each time an epoch's iterator starts its workers. Workers do not persist across epochs, so a caller that
-    reseeds the generator per epoch (as pretraining does) gets the same augmentations after a resume as
-    without one; the cost is one worker start per epoch. With `num_workers == 0` the transforms draw from
-    the process' global torch RNG instead. Workers ignore the job's signals (`leave_signals_to_the_main_process`)
-    and are killed when the process exits (`kill_deaf_workers_at_exit`).
-    `persistent_workers` keeps them across epochs: right only where workers draw nothing at random (the device
-    path's workers just read files; its augmentations draw in the main process).
+    With ``seeded_items`` (for data sets whose transforms draw at random from torch's default generator, as
+    torchvision's and `mec.augment`'s do), each item is read with that generator seeded from (seed, epoch, index)
+    (`SeededSampler`, `SeededItems`): an epoch's augmentations are the same whatever the number of workers or
+    ranks, in the main process or in workers, and after a resume, so workers persist across epochs (no worker
+    start per epoch). ``seeded_items=False`` is for data sets that draw nothing (the device path's file bytes,
+    whose views are drawn in the main process). Workers ignore the job's signals
+    (`leave_signals_to_the_main_process`) and are killed when the process exits (`kill_deaf_workers_at_exit`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -455,22 +498,21 @@ def build_loader(
     world_size, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
     if num_workers:
         kill_deaf_workers_at_exit()
-    sampler = DistributedSampler(
+    sampler = (SeededSampler if seeded_items else DistributedSampler)(
         dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
-    generator = torch.Generator()
-    # Distinct per rank so that ranks do not draw the same augmentations in lockstep.
-    generator.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1))
     return DataLoader(
-        dataset,
+        SeededItems(dataset) if seeded_items else dataset,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
-        generator=generator,
+        # The workers' base seed is drawn from this, not from the process' stream, which a resume restores.
+        generator=torch.Generator().manual_seed(seed),
         worker_init_fn=leave_signals_to_the_main_process,
         # pin_memory only helps host-to-GPU copies, and warns when there is no GPU.
         pin_memory=torch.cuda.is_available(),
         collate_fn=collate_fn,
-        persistent_workers=persistent_workers and num_workers > 0,
+        persistent_workers=num_workers > 0,
     )
+

@@ -11,11 +11,11 @@ Two paths, chosen by ``data.loader`` (`mec.config.resolve_loader`):
   use. Measured on an H100 (issue 14): 15 workers running the per-image path fed 155 images/s to a model that
   steps 1,325 images/s; nvJPEG decoded 16,300 images/s.
 
-Determinism across a resume: every epoch sets the sampler's epoch (the shuffle) and reseeds, from (seed, epoch,
-rank), what the augmentations draw from: the loader's generator (the per-image path's workers) or the host
-generator of the batched augmentations (the device path). The device path's draws happen in the main process,
-so its workers may persist across epochs. Both paths skip unreadable files (one warning naming each, counted in
-``data/skipped_images``).
+Determinism across a resume: every epoch sets the sampler's epoch (the shuffle). On the per-image path each
+image's draws are seeded from (train.seed, epoch, index) (`mec.data.build_loader`), whatever the workers; on
+the device path the host generator of the batched augmentations is reseeded from (seed, epoch, rank)
+(`mec.train.epoch_seed`). Workers persist across epochs on both. Both paths skip unreadable files (one warning
+naming each, counted in ``data/skipped_images``).
 """
 
 from __future__ import annotations
@@ -52,12 +52,11 @@ class PretrainInput:
         return "device" if isinstance(self.loader, DecodedLoader) else "per_image"
 
     def start_epoch(self, epoch: int, seed: int) -> None:
-        """Seed everything random in this epoch's input from `seed` ((seed, epoch, rank), `mec.train.epoch_seed`):
-        the per-image path's workers, or the device path's host generator, and the sampler's order."""
+        """Start ``epoch``: the sampler's order and, on the device path, its host generator seeded with `seed`
+        ((seed, epoch, rank), `mec.train.epoch_seed`); the per-image path seeds each image from its index."""
         if isinstance(self.loader, DecodedLoader):
             self.loader.set_epoch(epoch, seed)
-        else:
-            self.loader.generator.manual_seed(seed)
+        else:  # each image's draws are seeded from (train.seed, epoch, index) (`mec.data.SeededItems`)
             self.loader.sampler.set_epoch(epoch)
 
     def views(self, batch) -> tuple[torch.Tensor, ...]:
@@ -94,7 +93,7 @@ def build_pretrain_input(cfg: Config, proc: JobProcess) -> PretrainInput:
         dataset = build_encoded_dataset(data.name, data.root, "train", data.digits_params())
         encoded = build_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
                                seed=cfg.train.seed, distributed=proc.distributed, collate_fn=collate_encoded,
-                               persistent_workers=True)
+                               seeded_items=False)
         result = PretrainInput(DecodedLoader(encoded, proc.device, _batch_views(cfg)), proc.device)
     else:
         crops = data.multi_crop

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,26 @@ def campaign_data(workdir: Path, campaign: Path) -> None:
             path.touch()
         else:
             path.mkdir(parents=True, exist_ok=True)
+
+
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def write_pickle(path: Path, payload: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(payload, f)
+
+
+def write_cifar10(root: Path, images_per_file: int = 3) -> dict[str, np.ndarray]:
+    """The python version's layout: pickled dicts with str keys, images as uint8 rows of R, G, B planes."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in CIFAR10_FILES:
+        data = rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8)
+        labels = [int(label) for label in rng.integers(0, 10, images_per_file)]
+        write_pickle(folder / name, {"batch_label": name, "data": data, "labels": labels})
+        written[name] = data
+    write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+    return written

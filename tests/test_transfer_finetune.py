@@ -14,9 +14,9 @@ import torch
 import torch.multiprocessing as mp
 import torchvision.datasets.cifar
 import torchvision.datasets.flowers102
+from conftest import CIFAR10_FILES, write_pickle
 from mlflow.tracking import MlflowClient
 from PIL import Image
-from test_data import CIFAR10_FILES, _write_pickle
 from test_evals import _backbone, _config, _job
 from torch import nn
 
@@ -51,9 +51,9 @@ def _write_colour_cifar10(root: Path, images_per_file: int = 40) -> Path:
     for name in CIFAR10_FILES:
         labels = [i % 3 for i in range(images_per_file)]
         data = np.stack([np.concatenate([rng.normal(c, 10, 1024) for c in COLOURS[label]]) for label in labels])
-        _write_pickle(folder / name, {"batch_label": name, "data": np.clip(data, 0, 255).astype(np.uint8),
+        write_pickle(folder / name, {"batch_label": name, "data": np.clip(data, 0, 255).astype(np.uint8),
                                       "labels": labels})
-    _write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
+    write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
     return root
 
 

@@ -116,7 +116,7 @@ def _extractor(backbone: Path, cfg: Config, split: str) -> Callable[[], Features
         per_image = input_path(data, device) == PER_IMAGE
         dataset = build_eval_dataset(
             data.name, data.root, eval_transform(data.augment, data.image_size) if per_image else None, split,
-            download=data.download, digits_params=data.digits_params(), verify_checksums=data.verify_checksums,
+            **data.dataset_options(),
         )
         loader = eval_loader(input_dataset(dataset, per_image), 256, CenterView(data.image_size), device,
                              shuffle=False, num_workers=loader_workers(data.num_workers), seed=0)

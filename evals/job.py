@@ -8,6 +8,7 @@ failed protocol ends it FAILED (`mec.run.logged_run`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from mec import checkpoint as ckpt
-from mec.config import Config, DataConfig, build_config
+from mec.config import Config, build_config
 from mec.models import build_backbone
 from mec.run import logged_run
 from mec.tracking import RunLogger
@@ -46,11 +47,19 @@ class EvalJob:
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)
 
-    def data_options(self, data: DataConfig | None = None) -> dict[str, Any]:
-        """Keyword arguments of `mec.data.build_eval_dataset` for ``data`` (default: the pretraining run's)."""
-        data = data or self.cfg.data
-        return {"download": data.download, "digits_params": data.digits_params(),
-                "verify_checksums": data.verify_checksums}
+    def check_options(self, allowed: Iterable[str]) -> None:
+        """Refuse options this protocol does not read, naming them: a misspelt one would run on the default."""
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            raise ValueError(f"{self.protocol}: unknown options {unknown}; allowed: {sorted(allowed)}")
+
+    def number_option(self, name: str, default: float | int, kind: type[float] | type[int] = float) -> Any:
+        """Option ``name`` as a ``kind`` (default ``default``), or one error naming it and the value given."""
+        value = self.options.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ValueError(f"{self.protocol}: options.{name} must be {'an int' if kind is int else 'a number'}, "
+                             f"got {value!r}")
+        return kind(value)
 
     def open_logger(self) -> RunLogger:
         return RunLogger.open(

@@ -17,9 +17,10 @@ DEFAULT_TEMPERATURE = 0.07
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:
+    job.check_options(("k", "temperature"))
     ks = job.option("k", list(DEFAULT_K))
-    ks = [ks] if isinstance(ks, int) else list(ks)
-    temperature = float(job.option("temperature", DEFAULT_TEMPERATURE))
+    ks = [ks] if isinstance(ks, int) else list(ks) if isinstance(ks, list) else [ks]
+    temperature = job.number_option("temperature", DEFAULT_TEMPERATURE)
     if not ks or any(not isinstance(k, int) or k < 1 for k in ks) or temperature <= 0:
         raise ValueError(f"knn options: k must be positive ints and temperature > 0, got k={ks}, T={temperature}")
     with job.logged() as logger:  # FAILED if anything below fails

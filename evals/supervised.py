@@ -209,9 +209,9 @@ def classifier_datasets(job: EvalJob, path: str = "per_image") -> tuple[Dataset,
     data, per_image = probe_data(job), path == "per_image"
     train_set = build_eval_dataset(
         data.name, data.root, probe_train_transform(data.augment, data.image_size) if per_image else None, "train",
-        **job.data_options(data))
+        **data.dataset_options())
     val_set = build_eval_dataset(data.name, data.root, eval_transform(data.augment, data.image_size)
-                                 if per_image else None, "val", **job.data_options(data))
+                                 if per_image else None, "val", **data.dataset_options())
     num_classes = len(train_set.classes)
     split, indices = job.option("split", None), None
     if split is not None:

@@ -249,18 +249,23 @@ def _fit_and_score(metric: str, train: tuple[np.ndarray, np.ndarray], test: tupl
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:
+    job.check_options(("dataset", "root", "C", "image_size", "seed"))
     name = job.option("dataset", None)
     if name not in DATASETS:
         raise ValueError(f"transfer: options.dataset must be one of {sorted(DATASETS)}, got {name!r}")
     root = job.option("root", None)
     if root is None:
         raise ValueError(f"transfer: options.root must name the folder holding {name}")
-    grid = [float(c) for c in job.option("C", DEFAULT_C)]
+    grid = job.option("C", DEFAULT_C)
+    if not isinstance(grid, list | tuple) or not grid or not all(
+            isinstance(c, int | float) and not isinstance(c, bool) and c > 0 for c in grid):
+        raise ValueError(f"transfer: options.C must be a list of positive numbers, got {grid!r}")
+    grid = [float(c) for c in grid]
+    image_size, seed = job.number_option("image_size", job.cfg.data.image_size, int), job.number_option("seed", 0, int)
     metric = DATASETS[name].metric
     with job.logged() as logger:  # FAILED if anything below fails
         logger.try_("log the metric name", logger.set_tags, {"transfer.metric": metric, "transfer.dataset": name})
-        train, val, test = _train_val_test(job, name, root, int(job.option("image_size", job.cfg.data.image_size)),
-                                           int(job.option("seed", 0)))
+        train, val, test = _train_val_test(job, name, root, image_size, seed)
         scores = {c: _fit_and_score(metric, train, val, c) for c in grid}
         best_c = max(scores, key=scores.get)
         train_and_val = (np.concatenate([train[0], val[0]]), np.concatenate([train[1], val[1]]))

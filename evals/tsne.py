@@ -96,8 +96,9 @@ def evaluate(job: EvalJob) -> dict[str, float]:
 
 
 def _embed_and_draw(job: EvalJob) -> tuple[dict[str, float], Path]:
-    max_points = job.option("max_points", 2000)
-    seed = int(job.option("seed", 0))
+    job.check_options(("max_points", "seed", "perplexity"))
+    max_points = None if job.option("max_points", 2000) is None else job.number_option("max_points", 2000, int)
+    seed, perplexity = job.number_option("seed", 0, int), job.number_option("perplexity", 30.0)
     (split,) = FEATURE_SPLITS["tsne"]
     train, reused = job_features(job, split)
     labels = train.labels.numpy()
@@ -106,7 +107,7 @@ def _embed_and_draw(job: EvalJob) -> tuple[dict[str, float], Path]:
         keep = np.asarray(balanced_subset(labels, max_points / len(labels), seed))
         feats, labels = feats[keep], labels[keep]
     scores = structure_scores(feats, labels)
-    points = embed(feats, seed, float(job.option("perplexity", 30.0)))
+    points = embed(feats, seed, perplexity)
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "embedding.npz", points=points, labels=labels, **scores)

@@ -104,6 +104,12 @@ class DataConfig(_Section):
         return {"size": d.size, "variants_train": d.variants_train, "variants_val": d.variants_val,
                 "val_fraction": d.val_fraction, "seed": d.seed, **d.options}
 
+    def dataset_options(self) -> dict[str, Any]:
+        """Keyword arguments of `mec.data.build_eval_dataset` for this data set, all of them: a call that left
+        one out once ignored ``verify_checksums=false`` in pretraining's final monitor, after the training."""
+        return {"download": self.download, "digits_params": self.digits_params(),
+                "verify_checksums": self.verify_checksums}
+
 
 # Data sets stored as image files, which the device path can read as bytes (CIFAR is pickled arrays).
 FOLDER_DATASETS = ("digits", "imagefolder", "places365")

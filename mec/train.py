@@ -517,8 +517,7 @@ def monitor_backbone(cfg: Config, backbone: torch.nn.Module, device: torch.devic
     transform = eval_transform(cfg.data.augment, cfg.data.image_size)
     splits = {}
     for split in ("train", "val"):
-        dataset = build_eval_dataset(cfg.data.name, cfg.data.root, transform, split,
-                                     download=cfg.data.download, digits_params=cfg.data.digits_params())
+        dataset = build_eval_dataset(cfg.data.name, cfg.data.root, transform, split, **cfg.data.dataset_options())
         splits[split] = build_loader(dataset, 256, shuffle=False, drop_last=False,
                                      num_workers=loader_workers(cfg.data.num_workers), seed=0, distributed=False)
     # The baseline keeps every residual branch active: zero-initialised residual BNs would make each block

@@ -275,8 +275,10 @@ def test_cifar_batches_failing_their_checksum_stop_in_one_line_and_train_with_th
     assert "Traceback" not in out.stderr
 
     tree["data"]["verify_checksums"] = False
+    tree["monitor"] = {"enabled": True, "few_shot": 1, "few_shot_draws": 1}  # reads the batches again at the end
     result = pretrain(build_config(tree))
     assert result.backbone_path.is_file()
+    assert "monitor/knn_top1" in result.metrics
     steps = [s for s, _ in metric_history(tree["tracking"]["tracking_uri"], result.run_id, "train/loss")]
     assert steps == [1, 2, 3, 4, 5]  # 40 training images, batch 8
 

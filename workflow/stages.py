@@ -242,8 +242,7 @@ def label_split(experiment: Experiment, run: str, fraction: float, seed: int = 0
     if path.exists():
         return path
     data = experiment.config_for(run).data
-    dataset = build_eval_dataset(data.name, data.root, None, "train", download=data.download,
-                                 digits_params=data.digits_params(), verify_checksums=data.verify_checksums)
+    dataset = build_eval_dataset(data.name, data.root, None, "train", **data.dataset_options())
     samples = getattr(dataset, "samples", None)
     indices = balanced_subset(list(dataset.targets), fraction, seed)
     root = Path(dataset.root) if samples is not None else None

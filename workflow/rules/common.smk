@@ -35,4 +35,4 @@ rule mlflow_experiment:
     log:
         f"{OUT}/logs/mlflow_experiment.log",
     shell:
-        "{params.stage} --log {log} experiment --config {params.config} --output {output}"
+        "{params.stage} --log {log:q} experiment --config {params.config} --output {output:q}"

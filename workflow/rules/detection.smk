@@ -15,7 +15,7 @@ rule detectron2:
     params:
         python=PYTHON_COMMAND,
     shell:
-        "{params.python} -m workflow.detectron2_install --record {output} > {log} 2>&1"
+        "{params.python} -m workflow.detectron2_install --record {output:q} > {log:q} 2>&1"
 
 
 rule detection_scenes:
@@ -33,5 +33,5 @@ rule detection_scenes:
         run=lambda wc: EXPERIMENT.detection_scenes()[wc.scenes][0],
         format=lambda wc: EXPERIMENT.detection_scenes()[wc.scenes][1],
     shell:
-        "{params.stage} --log {log} scenes --config {params.config} --run {params.run} --format {params.format}"
-        " --output {output}"
+        "{params.stage} --log {log:q} scenes --config {params.config} --run {params.run:q} --format {params.format:q}"
+        " --output {output:q}"

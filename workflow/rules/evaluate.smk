@@ -17,8 +17,8 @@ rule label_split:
         run=lambda wc: EXPERIMENT.label_splits()[wc.split][0],
         fraction=lambda wc: EXPERIMENT.label_splits()[wc.split][1],
     shell:
-        "{params.stage} --log {log} split --config {params.config} --run {params.run} --fraction {params.fraction}"
-        " --output {output}"
+        "{params.stage} --log {log:q} split --config {params.config} --run {params.run:q} --fraction {params.fraction}"
+        " --output {output:q}"
 
 
 rule features:
@@ -43,8 +43,8 @@ rule features:
         stage=STAGE_COMMAND,
         config=EXPERIMENT_CONFIG,
     shell:
-        "{params.stage} --log {log} features --config {params.config} --run {wildcards.run}"
-        " --split {wildcards.split} --pretrain {input.pretrain} --resources {params.resources} --output {output}"
+        "{params.stage} --log {log:q} features --config {params.config} --run {wildcards.run}"
+        " --split {wildcards.split} --pretrain {input.pretrain:q} --resources {params.resources} --output {output:q}"
 
 
 rule evaluate:
@@ -71,6 +71,6 @@ rule evaluate:
         stage=STAGE_COMMAND,
         config=EXPERIMENT_CONFIG,
     shell:
-        "{params.stage} --log {log} evaluate --experiment {input.experiment} --config {params.config}"
-        " --evaluation {wildcards.evaluation} --run {wildcards.run} --pretrain {input.pretrain}"
-        " --resources {params.resources} --output {output}"
+        "{params.stage} --log {log:q} evaluate --experiment {input.experiment:q} --config {params.config}"
+        " --evaluation {wildcards.evaluation} --run {wildcards.run} --pretrain {input.pretrain:q}"
+        " --resources {params.resources} --output {output:q}"

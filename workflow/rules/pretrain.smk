@@ -19,5 +19,5 @@ rule pretrain:
         stage=STAGE_COMMAND,
         config=EXPERIMENT_CONFIG,
     shell:
-        "{params.stage} --log {log} pretrain --experiment {input.experiment} --config {params.config}"
-        " --run {wildcards.run} --resources {params.resources} --output {output}"
+        "{params.stage} --log {log:q} pretrain --experiment {input.experiment:q} --config {params.config}"
+        " --run {wildcards.run} --resources {params.resources} --output {output:q}"

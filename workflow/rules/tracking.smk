@@ -20,6 +20,6 @@ rule tracking_videos:
         run=lambda wc: EXPERIMENT.tracking_videos()[wc.videos][0],
         task=lambda wc: EXPERIMENT.tracking_videos()[wc.videos][1],
     shell:
-        "{params.stage} --log {log} videos --config {params.config} --run {params.run} --task {params.task}"
-        " --output {output}"
+        "{params.stage} --log {log:q} videos --config {params.config} --run {params.run:q} --task {params.task:q}"
+        " --output {output:q}"
 

@@ -22,5 +22,5 @@ rule transfer_sets:
         run=lambda wc: EXPERIMENT.transfer_sets()[wc.transfer][0],
         dataset=lambda wc: EXPERIMENT.transfer_sets()[wc.transfer][1],
     shell:
-        "{params.stage} --log {log} transfer-set --config {params.config} --run {params.run}"
-        " --dataset {params.dataset} --output {output}"
+        "{params.stage} --log {log:q} transfer-set --config {params.config} --run {params.run:q}"
+        " --dataset {params.dataset:q} --output {output:q}"

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import UnidentifiedImageError
@@ -82,7 +83,7 @@ def _cifar(
     folder = root / dataset_class.base_folder
     reader = dataset_class if verify_checksums else _unverified(dataset_class)
     try:
-        return reader(root=str(root), train=split == "train", transform=transform, download=download)
+        dataset = reader(root=str(root), train=split == "train", transform=transform, download=download)
     except RuntimeError as err:
         # torchvision says only "not found or corrupted"; tell missing files apart from damaged ones.
         files = _cifar_files(dataset_class)
@@ -100,9 +101,86 @@ def _cifar(
             "original, or delete the folder and set data.download=true, or set data.verify_checksums=false to "
             "read real-format batches from elsewhere"
         ) from None
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+    except (pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError,
+            ImportError) as err:
+        _check_cifar_files(dataset_class, name, folder, split)  # raises, naming the file and what is wrong
         raise DataIntegrityError(f"{name}: {_unreadable_cifar_file(dataset_class, folder) or folder} is not "
                                  f"a batch of the python version ({type(err).__name__}: {err})") from None
+    if not verify_checksums:
+        # torchvision stacks whatever the pickles hold: a float array fails in PIL mid-epoch, missing or extra
+        # labels shift every label after them, a label past the meta file's class names sizes heads wrongly.
+        # The official files (MD5 checked) have none of this; files from elsewhere are checked here, per file.
+        _check_cifar_files(dataset_class, name, folder, split)
+    return dataset
+
+
+# The python version's images: uint8 rows of 1024 red, 1024 green, then 1024 blue values (32 x 32).
+_CIFAR_ROW = 3 * 32 * 32
+
+
+def _read_cifar_pickle(name: str, path: Path) -> dict:
+    """The dict a file of the python version unpickles to; DataIntegrityError naming the file otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            entry = pickle.load(fh, encoding="latin1")
+    except Exception as err:  # any failure to unpickle it: say which file and what the unpickler said
+        raise DataIntegrityError(f"{name}: {path} is not a batch of the python version "
+                                 f"({type(err).__name__}: {err})") from None
+    if not isinstance(entry, dict):
+        raise DataIntegrityError(f"{name}: {path} is not a batch of the python version (it holds a "
+                                 f"{type(entry).__name__}, expected a dict)")
+    return entry
+
+
+def _keys(entry: dict) -> str:
+    return ", ".join(sorted(map(repr, entry))) or "none"
+
+
+def _cifar_batch_problem(entry: dict, label_key: str, classes: int, meta: str) -> str | None:
+    """What is wrong with one unpickled batch (as torchvision reads it: `data`, and `labels` or else
+    `fine_labels`), or None: `data` uint8 [N, 3072], N integer labels in [0, classes)."""
+    if "data" not in entry:
+        return f"no 'data' key (it has {_keys(entry)})"
+    data = entry["data"]
+    if not isinstance(data, np.ndarray):
+        return f"'data' is a {type(data).__name__}, expected a uint8 array [N, {_CIFAR_ROW}]"
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_ROW:
+        return f"'data' is {data.dtype} {list(data.shape)}, expected uint8 [N, {_CIFAR_ROW}]"
+    key = "labels" if "labels" in entry else "fine_labels" if "fine_labels" in entry else None
+    if key is None:
+        return f"no {label_key!r} key (it has {_keys(entry)})"
+    try:
+        labels = np.asarray(entry[key])
+    except (TypeError, ValueError):  # ragged or otherwise not an array of numbers
+        labels = np.asarray([None])
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        return f"{key!r} is not a list of integer class indices ({type(entry[key]).__name__} of {labels.dtype})"
+    if len(labels) != len(data):
+        return f"{len(data)} images but {len(labels)} labels"
+    outside = labels[(labels < 0) | (labels >= classes)]
+    if len(outside):
+        return f"label {outside[0]} outside the {classes} classes of {meta}"
+    return None
+
+
+def _check_cifar_files(dataset_class: type[CIFAR10], name: str, folder: Path, split: str) -> None:
+    """Raise DataIntegrityError naming the first file of ``split`` (or the meta file) that is not what
+    torchvision's python version holds, and what is wrong with it."""
+    meta_path = folder / dataset_class.meta["filename"]
+    names_key = dataset_class.meta["key"]
+    meta = _read_cifar_pickle(name, meta_path)
+    class_names = meta.get(names_key)
+    if not isinstance(class_names, (list, tuple)) or not class_names:
+        got = f"a {type(class_names).__name__}" if names_key in meta else f"none (it has {_keys(meta)})"
+        raise DataIntegrityError(f"{name}: {meta_path}: expected a non-empty list of class names under "
+                                 f"{names_key!r}, got {got}")
+    label_key = "fine_labels" if issubclass(dataset_class, CIFAR100) else "labels"
+    for file, _ in dataset_class.train_list if split == "train" else dataset_class.test_list:
+        path = folder / file
+        problem = _cifar_batch_problem(_read_cifar_pickle(name, path), label_key, len(class_names),
+                                       meta_path.name)
+        if problem is not None:
+            raise DataIntegrityError(f"{name}: {path}: {problem}")
 
 
 def _unreadable_cifar_file(dataset_class: type[CIFAR10], folder: Path) -> Path | None:
@@ -340,7 +418,9 @@ def build_pretrain_dataset(
 
     download: CIFAR only; otherwise missing files raise FileNotFoundError naming the expected folder.
     verify_checksums: CIFAR only; check each file against torchvision's MD5 (a mismatch raises
-        `DataIntegrityError` naming the file), or only that it exists and reads as the python version.
+        `DataIntegrityError` naming the file), or only that each file holds what the python version holds
+        (uint8 images [N, 3072], N integer labels within the meta file's classes): `DataIntegrityError` naming
+        the first file that does not and what is wrong, when the data set is built.
     digits_params: keyword arguments of `mec.digits.write_digit_folders` (size, variants, seed and render
         knobs); the tree is rendered into `root` if it is missing or was rendered with other parameters.
         Ignored by the other data sets, so one config can carry it whatever the data set.

@@ -104,6 +104,71 @@ def test_checksums_off_still_needs_every_file_in_the_real_format(tmp_path):
         build_eval_dataset("cifar10", tmp_path, None, "train", verify_checksums=False)
 
 
+def _cifar10_batch(images: int = 20, labels: int | None = None) -> dict:
+    rng = np.random.default_rng(3)
+    return {"data": rng.integers(0, 256, (images, 3072), dtype=np.uint8),
+            "labels": [int(label) for label in rng.integers(0, 10, images if labels is None else labels)]}
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ({**_cifar10_batch(), "data": _cifar10_batch()["data"].astype(np.float32)},
+         "'data' is float32 [20, 3072], expected uint8 [N, 3072]"),
+        (_cifar10_batch(labels=5), "20 images but 5 labels"),
+        ({**_cifar10_batch(), "labels": [3] * 19 + [17]}, "label 17 outside the 10 classes of batches.meta"),
+        ({**_cifar10_batch(), "labels": [-1] * 20}, "label -1 outside the 10 classes of batches.meta"),
+        ({**_cifar10_batch(), "data": _cifar10_batch()["data"].reshape(20, 3, 32, 32)},
+         "'data' is uint8 [20, 3, 32, 32], expected uint8 [N, 3072]"),
+        ({**_cifar10_batch(), "data": _cifar10_batch()["data"][:, :3000]},
+         "'data' is uint8 [20, 3000], expected uint8 [N, 3072]"),
+        ({"data": _cifar10_batch()["data"], "batch_label": "x"}, "no 'labels' key (it has 'batch_label', 'data')"),
+        ({"labels": [1, 2]}, "no 'data' key (it has 'labels')"),
+        ({**_cifar10_batch(), "data": [[0] * 3072] * 20}, "'data' is a list, expected a uint8 array [N, 3072]"),
+        ({**_cifar10_batch(), "labels": [0.5] * 20},
+         "'labels' is not a list of integer class indices (list of float64)"),
+    ],
+    ids=["float-data", "few-labels", "label-17", "negative-label", "4d-data", "short-rows", "no-labels",
+         "no-data", "list-data", "float-labels"],
+)
+def test_cifar_batch_from_elsewhere_with_bad_content_is_named_when_built(tmp_path, batch, expected):
+    write_cifar10(tmp_path)
+    batch_file = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    write_pickle(batch_file, batch)
+    with pytest.raises(DataIntegrityError) as caught:
+        build_pretrain_dataset("cifar10", tmp_path, build_two_view("cifar", 32), verify_checksums=False)
+    message = str(caught.value)
+    assert message == f"cifar10: {batch_file}: {expected}"
+    assert "\n" not in message and isinstance(caught.value, ConfigError)
+    # The val split reads test_batch only: the bad training batch does not stop an evaluation's val set.
+    assert len(build_eval_dataset("cifar10", tmp_path, None, "val", verify_checksums=False)) == 3
+
+
+def test_cifar_labels_past_the_meta_files_class_names_are_refused(tmp_path):
+    write_cifar10(tmp_path, images_per_file=20)  # labels 0..9
+    folder = tmp_path / "cifar-10-batches-py"
+    write_pickle(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(5)], "num_vis": 3072})
+    with pytest.raises(DataIntegrityError, match=r"cifar10: .*data_batch_1: label \d outside the 5 classes of "
+                                                 r"batches\.meta"):
+        build_eval_dataset("cifar10", tmp_path, None, "train", verify_checksums=False)
+    write_pickle(folder / "batches.meta", {"names": ["a", "b"]})
+    with pytest.raises(DataIntegrityError, match=r"batches\.meta: expected a non-empty list of class names under "
+                                                 r"'label_names', got none \(it has 'names'\)"):
+        build_eval_dataset("cifar10", tmp_path, None, "train", verify_checksums=False)
+
+
+def test_cifar100_batch_without_fine_labels_names_the_cifar100_key(tmp_path):
+    _write_cifar100(tmp_path)
+    train = tmp_path / "cifar-100-python" / "train"
+    write_pickle(train, {"data": np.zeros((3, 3072), np.uint8), "coarse_labels": [0, 1, 2]})
+    with pytest.raises(DataIntegrityError, match=r"cifar100: .*train: no 'fine_labels' key \(it has "
+                                                 r"'coarse_labels', 'data'\)"):
+        build_eval_dataset("cifar100", tmp_path, None, "train", verify_checksums=False)
+    write_pickle(train, {"data": np.zeros((3, 3072), np.uint8), "fine_labels": [0, 99, 100]})
+    with pytest.raises(DataIntegrityError, match="label 100 outside the 100 classes of meta"):
+        build_eval_dataset("cifar100", tmp_path, None, "train", verify_checksums=False)
+
+
 def test_data_identity_names_the_data_and_what_the_caller_adds(tmp_path):
     digits = DataConfig(name="digits", root=str(tmp_path / "d"))
     same = DataConfig(name="digits", root=str(tmp_path / "x" / ".." / "d"))  # one folder, spelt differently

@@ -4,25 +4,33 @@
 #   snakemake --profile slurm            the same DAG, heavy rules submitted to SLURM through submitit
 #   snakemake --configfile X.yaml ...    another experiment config (see workflow/experiments/)
 
+import sys
 from pathlib import Path
 
 import yaml
 from snakemake.utils import min_version, validate
 
-from workflow.experiment import build_experiment, check_data_roots
+from mec.config import ConfigError
+from workflow.experiment import build_experiment, check_data_roots, check_schema, config_source
 from workflow.plan import print_plan_on_dry_run
 
 min_version("9.0")
 
 # Without --configfile: the default experiment, with any --config values (e.g. the profile's launcher) on top.
 # (The configfile directive would deep-merge the default's run groups into every other experiment.)
+DEFAULT_EXPERIMENT = Path(workflow.current_basedir) / "workflow" / "experiments" / "default.yaml"
 if "experiment" not in config:
-    default = Path(workflow.current_basedir) / "workflow" / "experiments" / "default.yaml"
-    config.update({**yaml.safe_load(default.read_text()), **config})
-validate(config, "workflow/schemas/experiment.schema.yaml")
-
-EXPERIMENT = build_experiment(config)
-check_data_roots(EXPERIMENT)  # a missing data folder stops here, naming the key, not hours later in a job
+    config.update({**yaml.safe_load(DEFAULT_EXPERIMENT.read_text()), **config})
+# A mistake in the config stops here in one line naming the file, the key and what was expected (not
+# jsonschema's dump of the schema, nor a traceback), before any rule runs.
+SOURCE = config_source(workflow.config_settings.configfiles, workflow.config_settings.config, DEFAULT_EXPERIMENT)
+try:
+    check_schema(config, SOURCE)
+    validate(config, "workflow/schemas/experiment.schema.yaml")  # valid now; sets the schema's defaults
+    EXPERIMENT = build_experiment(config)
+    check_data_roots(EXPERIMENT)  # a missing data folder stops here, naming the key, not hours later in a job
+except ConfigError as exc:
+    sys.exit(str(exc) if str(exc).startswith(SOURCE) else f"{SOURCE}: {exc}")
 print_plan_on_dry_run(EXPERIMENT)  # snakemake -n: the jobs with their GPUs and GPU hours
 OUT = str(EXPERIMENT.output)
 

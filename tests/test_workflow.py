@@ -47,7 +47,8 @@ def test_grid_and_seeds_expand_into_named_runs():
          r"run a_order0_s0.*loss\.order"),
         ({"experiment": "e", "pretrain": {"a": {"config": "digits"}}, "evaluate": {"knn": {"runs": ["b"]}}},
          r"evaluate\.knn\.runs: unknown pretrain groups \['b'\]"),
-        ({"experiment": "e", "launcher": "auto", "pretrain": {"a": {"config": "digits"}}}, "launcher='auto'"),
+        ({"experiment": "e", "launcher": "auto", "pretrain": {"a": {"config": "digits"}}},
+         "launcher: 'auto' is not one of"),
     ],
 )
 def test_bad_experiment_configs_name_the_key(tree, message):

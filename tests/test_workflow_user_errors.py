@@ -3,10 +3,12 @@ the command line, the SLURM profile off a cluster. Each ends in one line naming 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import run_snakemake
 
@@ -44,3 +46,50 @@ def test_an_output_folder_with_a_space_reaches_each_command_as_one_argument(tmp_
     run = run_snakemake(tmp_path, str(out / "mlflow_experiment.json"), "--cores", "1", "--configfile", str(config))
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "mlflow_experiment.json").is_file()
+
+
+def _one_line_error(proc) -> str:
+    """The error a failed planning printed: exactly one line, no schema dump, no traceback."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, "\n".join(lines[:40])
+    return lines[0]
+
+
+TOP_KEYS = "datasets, evaluate, experiment, launcher, miniature, output, pretrain, scale, tracking_uri"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"launcherr": "local"}, rf"config .*bad\.yaml: unknown key 'launcherr' \(allowed: {TOP_KEYS}\)$"),
+        ({"seeds": 0}, r"bad\.yaml: unknown key 'seeds' \(allowed: "),
+        ({"pretrain": {"a": {"config": "digits", "resources": {"gpu": 1}}}},
+         r"bad\.yaml: pretrain\.a\.resources: unknown key 'gpu' \(allowed: cpus_per_task, gpus_per_node, mem_mb, "),
+        ({"scale": "tiny"}, r"bad\.yaml: scale: 'tiny' is not one of \['full', 'miniature'\]$"),
+        ({"evaluate": {"knn": {"fraction": 1.5}}},
+         r"bad\.yaml: evaluate\.knn\.fraction: 1\.5 is greater than the maximum of 1$"),
+        ({"pretrain": {"a": {"seeds": [0]}}}, r"bad\.yaml: pretrain\.a: missing key 'config'$"),
+        ({"evaluate": {"knn": {"runs": ["b"]}}}, r"bad\.yaml: evaluate\.knn\.runs: unknown pretrain groups \['b'\]"),
+    ],
+)
+def test_a_config_mistake_is_one_line_naming_the_file_and_the_key(tmp_path, change, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"experiment": "e", "pretrain": {"a": {"config": "digits"}}} | change))
+    line = _one_line_error(run_snakemake(tmp_path, "-n", "--configfile", str(config)))
+    assert re.search(message, line), line
+
+
+def test_a_config_value_on_the_command_line_is_named_as_such(tmp_path):
+    line = _one_line_error(run_snakemake(tmp_path, "-n", "--config", "scale=tiny"))
+    assert re.search(r"default\.yaml --config scale=tiny: scale: 'tiny' is not one of", line), line
+
+
+def test_the_schemas_defaults_still_reach_the_stages(tmp_path):
+    """The schema stays the one definition of the defaults: the config the commands get has them filled in."""
+    dry = run_snakemake(tmp_path, "-n", "-p")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    command = next(c for c in _shell_commands(dry.stdout + dry.stderr) if " experiment --config " in c)
+    arguments = shlex.split(command)
+    config = json.loads(arguments[arguments.index("--config") + 1])
+    assert config["launcher"] == "local" and config["scale"] == "full" and config["tracking_uri"] is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -465,8 +465,10 @@ def _name_part(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "x"
 
 
-def check_schema(tree: Mapping[str, Any]) -> None:
-    """The experiment config against its JSON schema; the first violation as one line naming the key."""
+def check_schema(tree: Mapping[str, Any], source: str = "experiment config") -> None:
+    """The experiment config against its JSON schema; the first violation as one line naming ``source`` (the
+    config file), the key path and what the schema expected (e.g. ``unknown key 'launcherr' (allowed: ...)``,
+    ``evaluate.knn.fraction: 1.5 is greater than the maximum of 1``), not jsonschema's dump of the schema."""
     from snakemake.utils import validate
 
     try:
@@ -475,9 +477,30 @@ def check_schema(tree: Mapping[str, Any]) -> None:
         error = exc.__cause__ or exc.__context__
         if error is None or not hasattr(error, "absolute_path"):
             raise
-        where = ".".join(map(str, error.absolute_path))
-        prefix = f"{where}={error.instance!r}: " if where else ""
-        raise ConfigError(f"experiment config: {prefix}{error.message} (schema {SCHEMA.name})") from None
+        raise ConfigError(f"{source}: {schema_violation(error)}") from None
+
+
+def config_source(configfiles: Sequence[Any], overrides: Mapping[str, Any], default: Any) -> str:
+    """What an error in the experiment config names as its origin: the config file(s) Snakemake read (``default``
+    without --configfile) and the --config values on top, e.g. ``config table1.yaml --config scale=miniature``."""
+    files = [str(path) for path in configfiles] or [str(default)]
+    extra = " ".join(f"{key}={value}" for key, value in overrides.items())
+    return f"config {', '.join(files)}" + (f" --config {extra}" if extra else "")
+
+
+def schema_violation(error: Any) -> str:
+    """One jsonschema ValidationError in words: the key path (dotted, from the top of the config), then what
+    was wrong with the value there."""
+    where = ".".join(map(str, error.absolute_path))
+    at = f"{where}: " if where else ""
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        known = set(error.schema.get("properties", {}))
+        unknown = [key for key in error.instance if key not in known]
+        keys = ", ".join(repr(key) for key in unknown)
+        return f"{at}unknown key{'s' if len(unknown) > 1 else ''} {keys} (allowed: {', '.join(sorted(known))})"
+    if error.validator == "required":
+        return f"{at}missing key {error.message.replace(' is a required property', '')}"
+    return f"{at}{error.message}"
 
 
 def build_experiment(tree: Mapping[str, Any], root: Path = Path(".")) -> Experiment:

@@ -24,8 +24,10 @@ import errno
 import hashlib
 import logging
 import os
+import pickle
 import random
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -208,22 +210,81 @@ def prune_checkpoints(directory: Path, keep: int = 2) -> list[Path]:
 # --------------------------------------------------------------------------------------------- reading
 
 
+# What torch.save writes: a zip archive (torch >= 1.6), or the legacy format, a protocol-2 pickle of torch's
+# magic number first. Any other pickle is not a torch.save file (torch would only report an unsupported opcode).
+_ZIP_HEAD = b"PK\x03\x04"
+_LEGACY_HEAD = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]  # without the STOP opcode
+_PICKLE_PROTOCOL_OPCODE = b"\x80"
+_HEAD_SHOWN = 8
+# torch's weights_only refusal runs over several lines and advises weights_only=False; keep only its reason.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_WEIGHTS_UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", re.S)
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why ``path`` is not a file torch.save writes, judged from its size and first bytes, or None."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file (0 bytes)"
+    with path.open("rb") as handle:
+        head = handle.read(len(_LEGACY_HEAD))
+    if head.startswith(_ZIP_HEAD):
+        if not zipfile.is_zipfile(path):
+            return f"cut short or damaged (a zip archive without its end, {size} bytes)"
+        return None
+    if head == _LEGACY_HEAD:
+        return None
+    if head.startswith(_PICKLE_PROTOCOL_OPCODE):
+        return "a Python pickle, not a file torch.save writes"
+    return f"not a PyTorch checkpoint (it starts with {head[:_HEAD_SHOWN]!r})"
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """One line for a torch.load(weights_only=True) failure on a file that starts like a checkpoint."""
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "weights_only" in text.lower().replace("`", ""):
+        unsupported = _UNSUPPORTED_GLOBAL.search(text)
+        if unsupported:
+            return (f"torch.load(weights_only=True) refuses it: loading it needs code ({unsupported.group(1)} is "
+                    "not a tensor or a plain container); expected a file of tensors and dict/list/tuple/int/"
+                    "float/str/bool/None only, such as save_checkpoint and export_backbone write")
+        reason = _WEIGHTS_UNPICKLER_REASON.search(text)
+        return (f"torch.load(weights_only=True) refuses it "
+                f"({' '.join((reason.group(1) if reason else 'no reason given').split())})")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = None
+        if names is not None and not any(name.endswith("data.pkl") for name in names):
+            return f"a zip archive, but not one torch.save writes (no data.pkl among its {len(names)} entries)"
+        kind = "a zip archive"
+    else:
+        kind = "the legacy torch.save format"
+    first_sentence = text.strip().splitlines()[0].split(". ")[0].rstrip(".") if text.strip() else "no detail"
+    return f"cut short or damaged ({kind}, {path.stat().st_size} bytes: {type(error).__name__}: {first_sentence})"
+
+
 def load_checkpoint(path: Path, required_keys: Iterable[str] = ()) -> dict[str, Any]:
     """Load a checkpoint on the CPU with ``weights_only=True``.
 
-    Raises FileNotFoundError if ``path`` does not exist and CheckpointLoadError (naming the file and the
-    reason) if it cannot be read, would need arbitrary code to load, is not a dict or lacks a key of
-    ``required_keys``.
+    Raises FileNotFoundError if ``path`` does not exist and CheckpointLoadError, one line naming the file and
+    the reason, if it cannot be read: empty, not what torch.save writes (text, a plain pickle), cut short or
+    damaged, would need code to load (the global torch's weights_only loader refuses), not a dict, or lacks a
+    key of ``required_keys``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    problem = _not_a_checkpoint(path)
+    if problem is not None:
+        raise CheckpointLoadError(f"{path}: {problem}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointLoadError(
-            f"cannot load checkpoint {path}: {type(error).__name__}: {error}"
-        ) from error
+        # One line of our own: torch's messages run over lines and advise weights_only=False (arbitrary code).
+        raise CheckpointLoadError(f"{path}: {_load_failure(path, error)}") from None
     if not isinstance(state, dict):
         raise CheckpointLoadError(f"checkpoint {path} holds a {type(state).__qualname__}, expected a dict")
     missing = [key for key in required_keys if key not in state]

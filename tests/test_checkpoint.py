@@ -6,6 +6,7 @@ import io
 import logging
 import pickle
 import random
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -220,6 +221,49 @@ def test_load_checkpoint_names_the_file(tmp_path) -> None:
         load_checkpoint(broken)
 
 
+def _torch_saved(path: Path, legacy: bool = False) -> bytes:
+    torch.save(_minimal_state(1) | {"filler": torch.zeros(5000)}, path, _use_new_zipfile_serialization=not legacy)
+    return path.read_bytes()
+
+
+def test_files_torch_save_did_not_write_get_one_line_naming_the_file_and_what_it_is(tmp_path) -> None:
+    cases = {
+        "empty.pt": (b"", "empty file (0 bytes)"),
+        "notes.pt": (b"not a checkpoint, just text\n", "not a PyTorch checkpoint (it starts with b'not a ch')"),
+        "list.pt": (pickle.dumps([1, 2]), "a Python pickle, not a file torch.save writes"),
+        "protocol2.pt": (pickle.dumps({"epoch": 1}, protocol=2), "a Python pickle, not a file torch.save writes"),
+    }
+    for name, (content, reason) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointLoadError) as caught:
+            load_checkpoint(tmp_path / name)
+        assert str(caught.value) == f"{tmp_path / name}: {reason}"
+        assert caught.value.__cause__ is None  # callers that re-word a chained torch error keep this line
+
+
+def test_cut_short_checkpoint_says_so_in_one_line(tmp_path) -> None:
+    whole = _torch_saved(tmp_path / "whole.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole[:20000])
+    with pytest.raises(CheckpointLoadError) as caught:
+        load_checkpoint(cut)
+    assert str(caught.value) == f"{cut}: cut short or damaged (a zip archive without its end, 20000 bytes)"
+
+    legacy = _torch_saved(tmp_path / "legacy.pt", legacy=True)
+    assert load_checkpoint(tmp_path / "legacy.pt")["epoch"] == 1  # the legacy format still loads
+    cut.write_bytes(legacy[: len(legacy) // 2])
+    with pytest.raises(CheckpointLoadError, match=r"cut\.pt: cut short or damaged \(the legacy torch\.save "
+                                                  r"format, \d+ bytes: RuntimeError: unexpected EOF") as caught:
+        load_checkpoint(cut)
+    assert "\n" not in str(caught.value)
+
+    other = tmp_path / "other.pt"
+    with zipfile.ZipFile(other, "w") as archive:
+        archive.writestr("weights.txt", "1 2 3")
+    with pytest.raises(CheckpointLoadError, match=r"other\.pt: a zip archive, but not one torch\.save writes"):
+        load_checkpoint(other)
+
+
 # ------------------------------------------------------------------------------------- weights_only safety
 
 
@@ -229,8 +273,12 @@ def test_checkpoint_with_pickled_object_is_refused_and_skipped(tmp_path, caplog)
     unsafe = checkpoint_path(tmp_path, 5)
     torch.save({"epoch": 5, "model": {}, "payload": ArbitraryCode(marker)}, unsafe)
 
-    with pytest.raises(CheckpointLoadError, match=unsafe.name):
+    with pytest.raises(CheckpointLoadError) as caught:
         load_checkpoint(unsafe)
+    message = str(caught.value)
+    assert message.startswith(f"{unsafe}: torch.load(weights_only=True) refuses it")
+    assert "test_checkpoint._leave_marker" in message and "\n" not in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
     with caplog.at_level(logging.WARNING, logger="mec.checkpoint"):
         path, state = find_resumable(tmp_path)
     assert path == checkpoint_path(tmp_path, 4) and state["epoch"] == 4

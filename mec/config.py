@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -329,19 +332,89 @@ def build_config(tree: dict[str, Any], origin: str = "config") -> Config:
         raise ConfigError(_describe(exc, origin)) from None
 
 
-def _describe(exc: ValidationError, origin: str) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-after"))
+# Names pydantic gives a union's branches in an error location ('constrained-int', "literal['auto']",
+# 'function-after[...]', 'list[int]'): not keys the user wrote.
+_BRANCH_TAG = re.compile(r"^[a-z]+(-[a-z]+)+$|\[")
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+_TYPE_WORDS = {int: "an int", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _unannotated(annotation: Any) -> Any:
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
+
+
+def _key_path(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[list[Any], Any]:
+    """The keys the user wrote, from a pydantic error location, and the union annotation there (or None).
+
+    A union's errors carry the name of each branch as an extra location part; the path stops at the union.
+    """
+    path: list[Any] = []
+    annotation: Any = root
+    for part in loc:
+        current = _unannotated(annotation)
+        if get_origin(current) in (Union, UnionType):
+            return path, annotation
+        if isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
+            annotation = current.model_fields[part].annotation
+        elif get_origin(current) in (dict, list, set, tuple):  # a key or an index: then the item type
+            args = get_args(current)
+            annotation = args[-1] if get_origin(current) is not tuple and args else None
+        elif isinstance(part, str) and _BRANCH_TAG.search(part):  # a validator's or another wrapper's name
+            continue
+        else:  # an unknown key (extra_forbidden) or a place the types are not followed into
+            annotation = None
+        path.append(part)
+    return path, None
+
+
+def _bounds(metadata: Any) -> list[str]:
+    found = []
+    for item in metadata:
+        if isinstance(item, FieldInfo):
+            found += _bounds(item.metadata)
+            continue
+        found += [f"{sign} {getattr(item, name)}" for name, sign in _BOUNDS if getattr(item, name, None) is not None]
+    return found
+
+
+def _expected(annotation: Any) -> str:
+    """What a value of ``annotation`` may be, in words: "an int >= 0 or 'auto'"."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return " ".join([_expected(args[0]), " and ".join(_bounds(args[1:]))]).strip()
+    if origin is Literal:
+        return " or ".join(repr(value) for value in args)
+    if origin in (Union, UnionType):
+        return " or ".join(_expected(member) for member in args)
+    if origin in (list, tuple, set):
+        return "a list"
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return "a mapping"
+    return _TYPE_WORDS.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _describe(exc: ValidationError, origin: str, root: type[BaseModel] | None = None) -> str:
+    """One line for the first problem of ``exc`` (a validation of ``root``, default `Config`): the keys as the
+    user wrote them (no union branch names), and for a union what any of its branches accepts."""
+    root = root or Config
+    errors = exc.errors()
+    err = errors[0]
+    path, union = _key_path(err["loc"], root)
+    loc = ".".join(str(part) for part in path)
     if err["type"] == "extra_forbidden":
-        section_path = err["loc"][:-1]
-        model: type[BaseModel] = Config
+        section_path = path[:-1]
+        model: type[BaseModel] = root
         for part in section_path:
-            model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
+            model = _unannotated(model.model_fields[str(part)].annotation)
         allowed = ", ".join(model.model_fields)
         where = ".".join(str(p) for p in section_path) or "top level"
         return f"{origin}: unknown key {loc!r} (allowed at {where}: {allowed})"
+    # A union fails once per branch: one problem, at one key.
+    others = len({tuple(map(str, _key_path(other["loc"], root)[0])) for other in errors} - {tuple(map(str, path))})
+    more = f" (and {others} more problem(s))" if others else ""
     got = err.get("input")
-    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    if union is not None:
+        return f"{origin}: {loc}: expected {_expected(union)}, got {got!r}{more}"
     return f"{origin}: bad value for {loc or 'config'!r}: {err['msg']}; got {got!r}{more}"
 
 

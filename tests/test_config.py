@@ -1,10 +1,12 @@
 """Config files, overrides and the messages for bad input."""
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mec.config import CONFIG_DIR, ConfigError, load_config
+from mec.config import CONFIG_DIR, ConfigError, _describe, load_config
 
 SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
@@ -44,14 +46,42 @@ def test_overrides_are_typed_and_nested():
         ("optim.batch_size=many", "bad value for 'optim.batch_size'"),
         ("nonsense", "not of the form section.key=value"),
         ("loss.eps.inner=3", "'eps' is a value, not a section"),
-        ("data.num_workers=true", "bad value for 'data.num_workers"),  # not read as 1 worker
-        ("data.num_workers=many", "bad value for 'data.num_workers"),
+        # A union: one line at the key the user wrote, no pydantic branch names ('constrained-int'), what any
+        # branch accepts, and no "(and 1 more problem(s))" for the other branch.
+        ("data.num_workers=-2", "digits.yaml: data.num_workers: expected an int >= 0 or 'auto', got -2"),
+        ("data.num_workers=true", "data.num_workers: expected an int >= 0 or 'auto', got True"),  # not 1 worker
+        ("data.num_workers=many", "data.num_workers: expected an int >= 0 or 'auto', got 'many'"),
     ],
 )
 def test_bad_overrides_name_the_key(override, expected):
     with pytest.raises(ConfigError, match=None) as info:
         load_config("digits", [override])
     assert expected in str(info.value)
+    assert "constrained-" not in str(info.value) and "literal[" not in str(info.value)
+    assert "more problem" not in str(info.value)  # a union's other branch is no second problem
+
+
+class _Unions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sizes: dict[str, Annotated[int, Field(gt=0, le=8)] | Literal["auto"]] = {}
+    crops: list[tuple[float, float] | Literal["full"]] = []
+    eps: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] = 1.0
+
+
+@pytest.mark.parametrize(
+    ("tree", "expected"),
+    [
+        ({"sizes": {"a": 2, "b": 9}}, "x.yaml: sizes.b: expected an int > 0 and <= 8 or 'auto', got 9"),
+        ({"crops": ["full", "wide"]}, "x.yaml: crops.1: expected a list or 'full', got 'wide'"),
+        ({"eps": [0.5, -1.0]}, "x.yaml: eps: expected a number > 0 or a list, got [0.5, -1.0]"),
+        ({"eps": -1, "sizes": {"a": 0}}, "x.yaml: sizes.a: expected an int > 0 and <= 8 or 'auto', got 0 (and 1 "
+                                         "more problem(s))"),
+    ],
+)
+def test_any_union_is_one_line_at_the_users_key_without_branch_names(tree, expected):
+    with pytest.raises(ValidationError) as info:
+        _Unions.model_validate(tree)
+    assert _describe(info.value, "x.yaml", _Unions) == expected
 
 
 def test_bad_files(tmp_path: Path):

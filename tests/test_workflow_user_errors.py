@@ -93,3 +93,20 @@ def test_the_schemas_defaults_still_reach_the_stages(tmp_path):
     arguments = shlex.split(command)
     config = json.loads(arguments[arguments.index("--config") + 1])
     assert config["launcher"] == "local" and config["scale"] == "full" and config["tracking_uri"] is None
+
+
+def test_an_experiment_named_on_the_command_line_is_the_shipped_one(tmp_path):
+    """`--config experiment=NAME` without --configfile ran nothing but a schema dump ('pretrain' is required)."""
+    by_file = run_snakemake(tmp_path, "-n", "--config", "experiment=table1", "scale=miniature")
+    assert by_file.returncode == 0, by_file.stderr[-3000:]
+    assert "Plan of mec-table1-miniature (miniature scale, launcher local)" in by_file.stderr
+    by_mlflow_name = run_snakemake(tmp_path, "-n", "--config", "experiment=mec-digits")
+    assert by_mlflow_name.returncode == 0, by_mlflow_name.stderr[-3000:]
+    assert "Plan of mec-digits (full scale" in by_mlflow_name.stderr
+
+
+def test_an_unknown_experiment_name_lists_the_shipped_ones(tmp_path):
+    line = _one_line_error(run_snakemake(tmp_path, "-n", "--config", "experiment=my-exp"))
+    shipped = ", ".join(sorted(p.stem for p in (REPO / "workflow" / "experiments").glob("*.yaml")))
+    assert line == (f"--config experiment=my-exp: no shipped experiment of that name (workflow/experiments/: "
+                    f"{shipped}); for a config of your own: --configfile FILE")

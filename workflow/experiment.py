@@ -29,6 +29,7 @@ from evals import (
 from mec.config import Config, ConfigError, data_identity, load_config
 
 SCHEMA = Path(__file__).with_name("schemas") / "experiment.schema.yaml"
+EXPERIMENTS = Path(__file__).with_name("experiments")  # the shipped experiment configs (default.yaml, table1.yaml, ...)
 TRANSFER_PROTOCOLS = ("transfer", "transfer_finetune")  # the protocols reading a data set of paper Table 8
 # A pretraining run's data (`data.name`) -> the ``datasets`` key of its folder.
 PRETRAIN_DATASETS = {name: key for key, name in DATA_NAMES.items()}
@@ -478,6 +479,19 @@ def check_schema(tree: Mapping[str, Any], source: str = "experiment config") -> 
         if error is None or not hasattr(error, "absolute_path"):
             raise
         raise ConfigError(f"{source}: {schema_violation(error)}") from None
+
+
+def shipped_experiment(name: str, folder: Path = EXPERIMENTS) -> Path:
+    """The shipped experiment config that ``snakemake --config experiment=NAME`` names, by its file name
+    (``table1``) or its MLflow experiment (``mec-table1``); another name stops in one line listing them."""
+    import yaml
+
+    shipped = sorted(folder.glob("*.yaml"))
+    for path in shipped:
+        if name in (path.stem, path.name) or name == (yaml.safe_load(path.read_text()) or {}).get("experiment"):
+            return path
+    raise ConfigError(f"--config experiment={name}: no shipped experiment of that name (workflow/experiments/: "
+                      f"{', '.join(path.stem for path in shipped)}); for a config of your own: --configfile FILE")
 
 
 def config_source(configfiles: Sequence[Any], overrides: Mapping[str, Any], default: Any) -> str:

@@ -18,6 +18,25 @@ PROTOCOLS = {
     "tracking": "evals.tracking",
 }
 
+# protocol -> the options its entry point reads. One place for both checks: each protocol refuses any other when
+# it runs (`evals.job.EvalJob.check_options`), and the DAG when it plans (`workflow.experiment`), before the
+# pretraining a misspelt option would otherwise wait for.
+_CLASSIFIER_OPTIONS = ("epochs", "batch_size", "base_lr", "momentum", "weight_decay", "lars", "trust_coefficient",
+                       "split", "dataset", "root")  # `evals.supervised.Recipe`'s fields and what data it reads
+PROTOCOL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "knn": ("k", "temperature"),
+    "linear_probe": _CLASSIFIER_OPTIONS,
+    "finetune": _CLASSIFIER_OPTIONS,
+    "tsne": ("max_points", "seed", "perplexity"),
+    "transfer": ("dataset", "root", "C", "image_size", "seed"),
+    "transfer_finetune": ("dataset", "root", "lrs", "wds", "steps", "batch_size", "image_size", "seed",
+                          "checkpoint_every", "wd_divided_by_lr"),
+    "detection": ("recipe", "root", "seed", "lr", "ims_per_batch", "max_iter_scale", "max_iter", "overrides",
+                  "log_period", "scenes", "cpu_threads"),
+    "tracking": ("task", "root", "split", "head", "stride", "batch_size", "videos", "runner", "unitrack",
+                 "unitrack_overrides", "seed"),
+}
+
 # protocol -> the splits of the evaluated run's data whose frozen features it reads (`evals.features`). The DAG
 # extracts each (run, split) once, in a features job of its own, before the evaluations that read it start.
 # (transfer reads features of other data sets and extracts them itself.)

@@ -24,5 +24,5 @@ def evaluate(job: EvalJob) -> dict[str, float]:
     split = job.option("split", None)
     if split is None:
         raise ValueError("finetune needs options.split: a label-subset file (SimCLR's list or one we wrote)")
-    recipe = Recipe.from_options(DEFAULTS[job.cfg.data.augment], job.options, finetune=True)
+    recipe = Recipe.from_options(DEFAULTS[job.cfg.data.augment], job, finetune=True)
     return train_classifier(job, recipe, prefix="finetune")  # which split: the run's eval.split parameter

@@ -8,7 +8,6 @@ failed protocol ends it FAILED (`mec.run.logged_run`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from evals import PROTOCOL_OPTIONS
 from mec import checkpoint as ckpt
 from mec.config import Config, build_config
 from mec.models import build_backbone
@@ -47,8 +47,10 @@ class EvalJob:
     def option(self, name: str, default: Any) -> Any:
         return self.options.get(name, default)
 
-    def check_options(self, allowed: Iterable[str]) -> None:
-        """Refuse options this protocol does not read, naming them: a misspelt one would run on the default."""
+    def check_options(self) -> None:
+        """Refuse options this protocol does not read (`evals.PROTOCOL_OPTIONS`), naming them: a misspelt one
+        would run on the default."""
+        allowed = PROTOCOL_OPTIONS[self.protocol]
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
             raise ValueError(f"{self.protocol}: unknown options {unknown}; allowed: {sorted(allowed)}")

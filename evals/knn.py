@@ -17,7 +17,7 @@ DEFAULT_TEMPERATURE = 0.07
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:
-    job.check_options(("k", "temperature"))
+    job.check_options()
     ks = job.option("k", list(DEFAULT_K))
     ks = [ks] if isinstance(ks, int) else list(ks) if isinstance(ks, list) else [ks]
     temperature = job.number_option("temperature", DEFAULT_TEMPERATURE)

@@ -24,5 +24,5 @@ DEFAULTS = {
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:
-    recipe = Recipe.from_options(DEFAULTS[job.cfg.data.augment], job.options, finetune=False)
+    recipe = Recipe.from_options(DEFAULTS[job.cfg.data.augment], job, finetune=False)
     return train_classifier(job, recipe, prefix="linear")

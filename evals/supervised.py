@@ -72,11 +72,11 @@ class Recipe:
         return self.base_lr * self.batch_size / 256
 
     @classmethod
-    def from_options(cls, defaults: dict[str, Any], options: dict[str, Any], finetune: bool) -> Recipe:
+    def from_options(cls, defaults: dict[str, Any], job: EvalJob, finetune: bool) -> Recipe:
+        """``defaults`` with the job's options (`EvalJob.check_options` refuses those no protocol field reads)."""
+        job.check_options()
         known = {f for f in cls.__dataclass_fields__ if f != "finetune"}
-        unknown = sorted(set(options) - known - {*DATA_OPTIONS, "topk"})
-        if unknown:
-            raise ValueError(f"unknown options {unknown}; allowed: {sorted(known | set(DATA_OPTIONS))}")
+        options = job.options
         values = defaults | {k: v for k, v in options.items() if k in known}
         return cls(**values, finetune=finetune)
 

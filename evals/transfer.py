@@ -249,7 +249,7 @@ def _fit_and_score(metric: str, train: tuple[np.ndarray, np.ndarray], test: tupl
 
 
 def evaluate(job: EvalJob) -> dict[str, float]:
-    job.check_options(("dataset", "root", "C", "image_size", "seed"))
+    job.check_options()
     name = job.option("dataset", None)
     if name not in DATASETS:
         raise ValueError(f"transfer: options.dataset must be one of {sorted(DATASETS)}, got {name!r}")

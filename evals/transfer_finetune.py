@@ -64,6 +64,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from torchvision import transforms as T
 from torchvision.datasets.voc import ET_parse
 
+from evals import PROTOCOL_OPTIONS
 from evals.job import EvalJob, load_frozen_backbone
 from evals.supervised import Classifier, LinearHead
 from evals.transfer import DATASETS, _voc_labels, center_crop_transform, open_split, score_outputs, split_indices
@@ -81,8 +82,7 @@ DEFAULT_LRS = tuple(float(x) for x in np.logspace(-4, -1, 7))
 DEFAULT_WDS = (0.0, *(float(x) for x in np.logspace(-6, -3, 7)))
 MOMENTUM = 0.9
 SCORES_FILE = "scores.json"
-OPTIONS = ("dataset", "root", "lrs", "wds", "steps", "batch_size", "image_size", "seed", "checkpoint_every",
-           "wd_divided_by_lr")
+OPTIONS = PROTOCOL_OPTIONS["transfer_finetune"]
 
 
 @dataclass(frozen=True)

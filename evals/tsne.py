@@ -96,7 +96,7 @@ def evaluate(job: EvalJob) -> dict[str, float]:
 
 
 def _embed_and_draw(job: EvalJob) -> tuple[dict[str, float], Path]:
-    job.check_options(("max_points", "seed", "perplexity"))
+    job.check_options()
     max_points = None if job.option("max_points", 2000) is None else job.number_option("max_points", 2000, int)
     seed, perplexity = job.number_option("seed", 0, int), job.number_option("perplexity", 30.0)
     (split,) = FEATURE_SPLITS["tsne"]

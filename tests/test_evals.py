@@ -78,12 +78,23 @@ def test_knn_extracts_features_once_per_backbone_and_split(tmp_path, folder, cap
     ("tsne", {"max_points": 2.5}, r"^tsne: options.max_points must be an int, got 2.5$"),
     ("transfer", {"dataset": "DTD", "root": "/x", "c": [1.0]}, r"^transfer: unknown options \['c'\]"),
     ("transfer", {"dataset": "DTD", "root": "/x", "C": "1e-3"}, r"^transfer: options.C must be a list of positive"),
+    ("linear_probe", {"epochz": 3}, r"^linear_probe: unknown options \['epochz'\]; allowed: \['base_lr', "),
 ])
 def test_options_a_protocol_does_not_read_or_cannot_use_are_refused_by_name(tmp_path, folder, protocol, options,
                                                                              message):
     config = _config({"name": "imagefolder", "root": str(folder)})
     with pytest.raises(ValueError, match=message):
         run_protocol(_job(tmp_path, protocol, config, tmp_path / "never-read.pt", **options))
+
+
+def test_every_protocol_names_its_options_in_one_place():
+    from evals import PROTOCOL_OPTIONS, PROTOCOLS
+    from evals.supervised import DATA_OPTIONS, Recipe
+
+    assert set(PROTOCOL_OPTIONS) == set(PROTOCOLS)
+    recipe_fields = set(Recipe.__dataclass_fields__) - {"finetune"}
+    for protocol in ("linear_probe", "finetune"):
+        assert set(PROTOCOL_OPTIONS[protocol]) == recipe_fields | set(DATA_OPTIONS)
 
 
 def test_linear_probe_logs_each_epoch_and_resumes_instead_of_retraining(tmp_path, folder, caplog):

@@ -33,15 +33,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evals import DETECTION_SCENE_RECIPES, pretraining_style
+from evals import DETECTION_SCENE_RECIPES, PROTOCOL_OPTIONS, pretraining_style
 
 if TYPE_CHECKING:  # the scenes CLI and the DAG's scenes stage import this package without torch or MLflow
     from evals.job import EvalJob
 
 log = logging.getLogger(__name__)
 
-OPTIONS = ("recipe", "root", "seed", "lr", "ims_per_batch", "max_iter_scale", "max_iter", "overrides", "log_period",
-           "scenes", "cpu_threads")
+OPTIONS = PROTOCOL_OPTIONS["detection"]
 WEIGHTS_NAME = "backbone_detectron2.pkl"
 # The scenes a digits recipe renders when no root is given: 400 training and 100 test images of 64 px.
 SCENES = {"n_train": 400, "n_test": 100, "canvas": 64}

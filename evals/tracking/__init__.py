@@ -36,15 +36,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evals import TRACKING_TASKS, pretraining_style
+from evals import PROTOCOL_OPTIONS, TRACKING_TASKS, pretraining_style
 
 if TYPE_CHECKING:  # the videos stage imports this package without torch and MLflow
     from evals.job import EvalJob
 
 log = logging.getLogger(__name__)
 
-OPTIONS = ("task", "root", "split", "head", "stride", "batch_size", "videos", "runner", "unitrack",
-           "unitrack_overrides", "seed")
+OPTIONS = PROTOCOL_OPTIONS["tracking"]
 RUNNERS = ("native", "unitrack")
 # The offline videos a job renders when no root is given: 10 videos of 20 frames at 64 px (`videos.write_videos`).
 VIDEOS = {"n_videos": 10, "frames": 20, "canvas": 64}

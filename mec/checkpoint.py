@@ -296,16 +296,23 @@ def load_checkpoint(path: Path, required_keys: Iterable[str] = ()) -> dict[str, 
 
 
 def find_resumable(directory: Path) -> tuple[Path, dict[str, Any]] | None:
-    """Return ``(path, state)`` of the newest checkpoint in ``directory`` that loads, or None if none does.
+    """Return ``(path, state)`` of the newest checkpoint in ``directory`` that loads, or None if it holds none.
 
     A newer file that fails to load (truncated by a crash, corrupt, unsafe to unpickle, or without
-    ``"epoch"``/``"model"``) is skipped with a warning naming it and the reason.
+    ``"epoch"``/``"model"``) is skipped with a warning naming it and the reason. Checkpoints of which none loads
+    raise CheckpointLoadError: starting over would overwrite them and begin another MLflow run, silently.
     """
+    unusable = []
     for _, path in list_checkpoints(directory):
         try:
             return path, load_checkpoint(path, required_keys=REQUIRED_CHECKPOINT_KEYS)
         except (CheckpointLoadError, OSError) as error:
             logger.warning("skipping unusable checkpoint %s: %s", path, error)
+            unusable.append(error)
+    if unusable:
+        raise CheckpointLoadError(
+            f"none of the {len(unusable)} checkpoint(s) in {directory} loads (the newest: {unusable[0]}); restore "
+            "one, or move them away to start the run over")
     return None
 
 

@@ -205,11 +205,14 @@ def test_resume_skips_checkpoint_without_required_keys_and_orders_by_epoch_numbe
     assert "checkpoint_epoch10000.pt" in caplog.text and "model" in caplog.text
 
 
-def test_find_resumable_returns_none_without_usable_checkpoint(tmp_path) -> None:
+def test_find_resumable_returns_none_without_checkpoints_and_refuses_unusable_ones(tmp_path) -> None:
     assert find_resumable(tmp_path / "absent") is None
     assert find_resumable(tmp_path) is None
     checkpoint_path(tmp_path, 1).write_bytes(b"not a zip file")
-    assert find_resumable(tmp_path) is None
+    checkpoint_path(tmp_path, 2).write_bytes(b"")
+    with pytest.raises(CheckpointLoadError, match=rf"^none of the 2 checkpoint\(s\) in {tmp_path} loads \(the newest: "
+                                                  r".*checkpoint_epoch0002.pt: empty file.*move them away"):
+        find_resumable(tmp_path)
 
 
 def test_load_checkpoint_names_the_file(tmp_path) -> None:

@@ -93,16 +93,17 @@ def job_process(device: str = "auto", seed: int = 0, deterministic: bool = False
 
 @contextmanager
 def logged_run(open_logger: Callable[[], RunLogger] | None) -> Iterator[RunLogger | None]:
-    """The run logger of rank 0 (``open_logger`` given) or None; closed FINISHED, or FAILED on any error.
+    """The run logger of rank 0 (``open_logger`` given) or None; closed FINISHED, KILLED on Ctrl-C, or FAILED on
+    any other error.
 
     The journal is the durable record: closing flushes what it can and never loses a metric.
     """
     logger = open_logger() if open_logger is not None else None
     try:
         yield logger
-    except BaseException:
+    except BaseException as exc:
         if logger is not None:
-            logger.close("FAILED")
+            logger.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     if logger is not None:
         logger.close("FINISHED")

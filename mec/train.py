@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mec import checkpoint as ckpt
 from mec import distributed as dist_env
 from mec.augment import eval_transform
-from mec.config import Config, ConfigError
+from mec.config import Config, ConfigError, build_config
 from mec.data import build_eval_dataset, build_loader
 from mec.loss import (
     DIVERGED_SPECTRAL_NORM,
@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 
 # Checkpoint key: unreadable files skipped up to that epoch, all ranks, so a resumed run's count goes on from it.
 SKIPPED_KEY = "skipped_images"
+# Config keys a resumed run may change (`check_resumed_config`): where and how it runs, reads and logs, and how
+# long it trains. Any other change (model, loss, batch size, lr, data set, recipe) would continue another run.
+RESUMABLE_CHANGES = ("name", "source", "train.", "tracking.", "monitor.", "optim.epochs", "optim.fused",
+                     "model.sync_batchnorm", "loss.convergence_check", "loss.spectral_norm_every", "data.root",
+                     "data.num_workers", "data.loader", "data.download", "data.verify_checksums")
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,29 @@ def prepare_model(cfg: Config, device: torch.device) -> MECModel:
     return model
 
 
+def check_resumed_config(path: Path, stored: dict | None, cfg: Config) -> None:
+    """Refuse to resume checkpoint ``path`` under a config that changes what it trains (anything outside
+    `RESUMABLE_CHANGES`), naming each key with both values; warn when the length changes (the cosine schedule
+    goes on at the new length). Checkpoints without a config, or with one this version cannot read, pass."""
+    try:
+        before = build_config(stored).flat() if stored is not None else None
+    except ConfigError as err:
+        log.warning("cannot compare checkpoint %s's config with this one (%s)", path, err)
+        return
+    if before is None:
+        return
+    changed = {key: (before.get(key), value) for key, value in cfg.flat().items() if before.get(key) != value}
+    refused = sorted(key for key in changed if not key.startswith(RESUMABLE_CHANGES))
+    if refused:
+        was = ", ".join(f"{key}={changed[key][0]!r}" for key in refused)
+        now = ", ".join(f"{key}={changed[key][1]!r}" for key in refused)
+        raise ConfigError(f"checkpoint {path} was trained with {was}; the config now says {now}: restore them to "
+                          "resume this run, or give another train.output_dir to start a new one")
+    if "optim.epochs" in changed:
+        log.warning("optim.epochs %s -> %s since checkpoint %s: the schedules go on at the new length",
+                    *changed["optim.epochs"], path)
+
+
 def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -> Pretraining:
     """Data, model, loss and optimiser, resumed from the newest checkpoint when there is one."""
     pretrain_input = build_pretrain_input(cfg, proc)
@@ -290,6 +318,7 @@ def setup_pretraining(cfg: Config, proc: JobProcess, given_run_id: str | None) -
         path, state = resumed
         if not proc.main:  # only rank 0's RNG state is saved; other ranks get their own stream back
             seed_everything(epoch_seed(cfg.train.seed, int(state["epoch"]), proc.rank))
+        check_resumed_config(path, state.get("config"), cfg)
         job.start_epoch, job.step, job.resumed = int(state["epoch"]), int(state["step"]), True
         job.skipped_before = int(state.get(SKIPPED_KEY, 0))
         job.run_id = state.get(ckpt.RUN_ID_KEY) or given_run_id

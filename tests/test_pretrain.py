@@ -19,7 +19,7 @@ from conftest import TINY_MODEL, write_cifar10, write_image_folder
 from mlflow.tracking import MlflowClient
 
 from mec.checkpoint import list_checkpoints, load_backbone
-from mec.config import CONFIG_DIR, build_config, load_config
+from mec.config import CONFIG_DIR, ConfigError, build_config, load_config
 from mec.loss import DIVERGED_SPECTRAL_NORM, CodingLengthOutput, MaximumEntropyCodingLoss
 from mec.models import build_backbone
 from mec.run import select_device
@@ -171,6 +171,21 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, image_fold
     assert "checkpoint_epoch0002.pt" in caplog.text
     assert again.run_id == first.run_id
     assert [e for e, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3, 2]
+
+
+def test_a_run_resumes_only_under_the_config_it_trained_with(tmp_path, image_folder, caplog):
+    tree = tiny_config(tmp_path, image_folder, optim={"epochs": 1})
+    first = pretrain(build_config(tree))
+    changed = tiny_config(tmp_path, image_folder, optim={"epochs": 2, "batch_size": 4}, loss={"eps": 3.0})
+    with pytest.raises(ConfigError, match=r"checkpoint_epoch0001.pt was trained with loss.eps=2.0, "
+                                          r"optim.batch_size=8; the config now says loss.eps=3.0, optim.batch_size=4: "
+                                          r"restore them .* or give another train.output_dir"):
+        pretrain(build_config(changed))
+    # Where it runs, how many workers read, and how long it trains may change.
+    longer = tiny_config(tmp_path, image_folder, optim={"epochs": 2}, data={**tree["data"], "num_workers": 1})
+    with caplog.at_level("WARNING"):
+        again = pretrain(build_config(longer))
+    assert again.run_id == first.run_id and "optim.epochs 1 -> 2 since checkpoint" in caplog.text
 
 
 def test_non_finite_loss_names_the_step(tmp_path, image_folder):

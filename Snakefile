@@ -56,5 +56,11 @@ rule all:
     default_target: True
 
 
+onstart:
+    # Before the first job (not in a dry run, which plans a SLURM campaign on any machine).
+    if missing_launcher_commands(EXPERIMENT.launcher):
+        sys.exit(missing_launcher_commands(EXPERIMENT.launcher))
+
+
 onsuccess:
     print(where_results_are(EXPERIMENT, EXPERIMENT_RECORD))

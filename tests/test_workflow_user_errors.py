@@ -4,8 +4,12 @@ the command line, the SLURM profile off a cluster. Each ends in one line naming 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +114,38 @@ def test_an_unknown_experiment_name_lists_the_shipped_ones(tmp_path):
     shipped = ", ".join(sorted(p.stem for p in (REPO / "workflow" / "experiments").glob("*.yaml")))
     assert line == (f"--config experiment=my-exp: no shipped experiment of that name (workflow/experiments/: "
                     f"{shipped}); for a config of your own: --configfile FILE")
+
+
+def test_launcher_slurm_needs_slurms_commands_and_other_launchers_none():
+    from workflow.dag import missing_launcher_commands
+
+    def which(*present: str):
+        return lambda command: f"/usr/bin/{command}" if command in present else None
+
+    assert missing_launcher_commands("slurm", which("sbatch", "srun")) is None
+    assert missing_launcher_commands("local", which()) is None
+    assert missing_launcher_commands("slurm", which("sbatch")) == (
+        "launcher slurm: srun not found on PATH; run on a SLURM login node, or use launcher=local")
+
+
+def test_the_slurm_launcher_off_a_cluster_stops_before_any_rule(tmp_path):
+    """Every heavy rule failed on its own with submitit's 'Could not detect "srun"'; now one line before any job,
+    while a dry run still plans the campaign (its GPU budget) on any machine."""
+    tools = tmp_path / "bin"  # a PATH without SLURM: what Snakemake itself runs (its shell, `which`) and Python
+    tools.mkdir()
+    for name in ("bash", "which"):
+        found = shutil.which(name)
+        if found is None:
+            pytest.skip(f"no {name} on PATH")
+        (tools / name).symlink_to(found)
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = f"{tools}{os.pathsep}{Path(sys.executable).parent}"
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+               "--cores", "1", "--config", "launcher=slurm"]
+    dry = subprocess.run([*command, "-n"], capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, check=False)
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode != 0
+    assert lines[-1] == "launcher slurm: sbatch not found on PATH; run on a SLURM login node, or use launcher=local"
+    assert not (tmp_path / "results").exists()  # no rule ran, not even the light ones

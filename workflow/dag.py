@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from workflow.experiment import Experiment
 # A heavy rule runs this light command, which submits the stage's job and waits (workflow/stage.py).
 PYTHON = shlex.quote(sys.executable)  # the interpreter Snakemake runs in: the project's environment
 STAGE = f"{PYTHON} -m workflow.stage"
+SLURM_COMMANDS = ("sbatch", "srun")  # what submitit runs to submit a job and to start its tasks
 SNAKEMAKE_BOOKKEEPING = ("tmpdir", "mem", "mem_mib", "disk", "disk_mib")
 
 
@@ -54,3 +56,16 @@ def where_results_are(experiment: Experiment, experiment_record: str | Path) -> 
     if uri:
         lines.append(f"  {'runs:':8} mlflow ui --backend-store-uri {shlex.quote(uri)}")
     return "\n".join(lines)
+
+
+def missing_launcher_commands(launcher: str, which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """Why this machine cannot launch the experiment's jobs, in one line (None when it can): launcher slurm needs
+    SLURM's commands on PATH. Checked by the Snakefile's onstart, before any rule, instead of every heavy rule
+    failing on its own with submitit's 'Could not detect "srun"'. A dry run plans a campaign anywhere."""
+    if launcher != "slurm":
+        return None
+    for command in SLURM_COMMANDS:
+        if which(command) is None:
+            return (f"launcher slurm: {command} not found on PATH; run on a SLURM login node, "
+                    "or use launcher=local")
+    return None

@@ -4,7 +4,8 @@
 import json
 import shlex
 
-from workflow.dag import PYTHON, STAGE, Untracked, job_threads, stage_resources, where_results_are
+from workflow.dag import (PYTHON, STAGE, Untracked, job_threads, missing_launcher_commands, stage_resources,
+                          where_results_are)
 
 wildcard_constraints:
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",

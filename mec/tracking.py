@@ -12,6 +12,7 @@ A new run needs the store (it is created there): an unreachable server stops it 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -49,7 +50,14 @@ HTTP_REQUEST_BOUNDS = {
 }
 
 
-class TrackingUnavailableError(ConnectionError):
+class TrackingStoreError(ConnectionError):
+    """The tracking store cannot be used as configured: a URI of the wrong form, a database driver that is not
+    installed, a SQLite file that cannot be created or does not exist, a server that is not MLflow. The message is
+    one line for the user, naming the URI and where it came from. A ConnectionError, as `TrackingUnavailableError`
+    has always been, so that every caller that stops on an unreachable store stops on these too."""
+
+
+class TrackingUnavailableError(TrackingStoreError):
     """A new run cannot start: its tracking server does not answer. The message is one line for the user."""
 
     def __init__(self, uri: str, reason: str, uri_source: str = "MLFLOW_TRACKING_URI"):
@@ -77,17 +85,39 @@ def unreachable_reason(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | No
     """
     if not uri.startswith(("http://", "https://")):
         return None
+    return _probe(uri, timeout_s)[1]
+
+
+# An MLflow GET endpoint the client itself uses, so a reverse proxy's path prefix applies to it as to the client.
+# A real server answers 200, or 404 with an MLflow JSON error; 401/403 is an authenticating proxy or MLflow's
+# auth app (the client sends the credentials, the probe does not).
+PROBE_PATH = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+
+
+def _probe(uri: str, timeout_s: float) -> tuple[str | None, str | None]:
+    """(None, None) for an MLflow server, (what it answered, None) for another server, (None, why) if none answers."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
-            return None
-    except urllib.error.HTTPError:
-        return None
+        with urllib.request.urlopen(uri.rstrip("/") + PROBE_PATH, timeout=timeout_s):
+            return None, None
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403) or b'"error_code"' in _body(exc):
+            return None, None
+        return f"HTTP {exc.code} {exc.reason}", None
     except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ssl.SSLError):
-            return None
-        return _describe(exc.reason, timeout_s)
+        if isinstance(exc.reason, ssl.SSLError):  # it answered; the client's own TLS settings decide
+            return None, None
+        return None, _describe(exc.reason, timeout_s)
+    except http.client.HTTPException as exc:  # something answered, not in HTTP (another service on the port)
+        return f"not HTTP: {type(exc).__name__}", None
     except OSError as exc:  # a read timeout is raised as is
-        return _describe(exc, timeout_s)
+        return None, _describe(exc, timeout_s)
+
+
+def _body(answer: urllib.error.HTTPError) -> bytes:
+    try:
+        return answer.read(4096)
+    except OSError:
+        return b""
 
 
 def _describe(error: BaseException | str, timeout_s: float) -> str:
@@ -100,15 +130,111 @@ def _describe(error: BaseException | str, timeout_s: float) -> str:
     return str(error)
 
 
-def require_tracking_store(uri: str, uri_source: str = "MLFLOW_TRACKING_URI") -> None:
-    """Raise `TrackingUnavailableError` (one line naming ``uri``) within seconds unless its store answers.
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores (mlflow.store.db.db_types)
+EXPECTED_URIS = ("expected http(s)://host:port, sqlite:///relative/path.db or sqlite:////absolute/path.db, or "
+                 "postgresql:// (mysql://, mssql://) with its driver installed")
 
-    Also bounds MLflow's HTTP calls in this process (`bound_http_requests`). For code that must create runs.
+
+def tracking_uri_source(configured: str | None, option: str = "tracking.tracking_uri") -> str:
+    """Where ``resolve_tracking_uri`` took the URI from, for messages: the user fixes it there."""
+    if configured:
+        return option
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "MLFLOW_TRACKING_URI"
+    return f"{option} / MLFLOW_TRACKING_URI (both unset: results/mlflow.db here)"
+
+
+def check_tracking_store(uri: str, uri_source: str = "MLFLOW_TRACKING_URI", create: bool = True) -> None:
+    """Raise `TrackingStoreError` (one line naming ``uri`` and ``uri_source``) unless MLflow can open this store.
+
+    What needs no server: the URI's form, the database driver, a SQLite file that can be created (``create``) or
+    already exists (a reader must not leave an empty store behind). MLflow's own errors for these come late and
+    long: a malformed URI after seconds as an unrelated message, a SQLite file it cannot open after about
+    2 minutes of retries, as a 200-line traceback.
     """
-    if uri.startswith(("http://", "https://")):
-        bound_http_requests()
-    if reason := unreachable_reason(uri):
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower().partition("+")[0]
+    if scheme in ("http", "https"):
+        problem = None if parts.hostname else "no host"
+    elif scheme in SQL_SCHEMES:
+        problem = _sql_problem(uri)
+    elif scheme == "":  # MLflow would take it for a folder of its retired file store
+        problem = "no scheme"
+    elif scheme == "file" or len(scheme) == 1:  # C:\... is a path too
+        problem = "MLflow's file store (./mlruns), which this project does not use"
+    else:
+        problem = f"unsupported scheme {parts.scheme + ':'!r}"
+    if problem:
+        raise TrackingStoreError(f"MLflow tracking URI {_redacted(uri)} (from {uri_source}): {problem}; "
+                                 f"{EXPECTED_URIS}")
+    if scheme == "sqlite":
+        _check_sqlite_file(uri, uri_source, create)
+
+
+def _sql_problem(uri: str) -> str | None:
+    """What SQLAlchemy would refuse in ``uri``, found before MLflow retries it: its form, or a missing driver."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    if uri.lower().startswith("sqlite") and (not uri.partition(":")[2].startswith("///") or uri.endswith(":///")):
+        # "sqlite://x.db" makes x.db a host; "sqlite://" is a database in memory, lost when the process ends
+        return "a SQLite URI is sqlite:/// followed by the file's path"
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError) as exc:
+        return _first_line(exc)
+    except ImportError as exc:
+        return f"its database driver {exc.name or exc} is not installed"
+    return None
+
+
+def _check_sqlite_file(uri: str, uri_source: str, create: bool) -> None:
+    from sqlalchemy.engine import make_url
+
+    path = Path(make_url(uri).database)  # relative to the working directory, as SQLite reads it
+    if not create:
+        if not path.is_file():
+            raise TrackingStoreError(f"MLflow store {uri}: {path.absolute()} does not exist (nothing was logged "
+                                     f"there); fix {uri_source}")
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):  # SQLite takes an empty file for an empty database; never removed (a racing job)
+            pass
+    except OSError as exc:
+        raise TrackingStoreError(f"MLflow store {uri}: cannot create {path} ({why_not_created(path, exc)}); "
+                                 f"fix {uri_source}") from None
+
+
+def why_not_created(path: Path, exc: OSError) -> str:
+    """Why creating ``path`` (a file or folder, its parents with it) raised ``exc``, naming the path it concerns
+    when that is not ``path`` itself: mkdir's "File exists" or "Not a directory" for a parent that is a file
+    says nothing on its own."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if exc.filename and Path(exc.filename) != path:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return exc.strerror or str(exc)
+
+
+def require_tracking_store(uri: str, uri_source: str = "MLFLOW_TRACKING_URI", create: bool = True) -> None:
+    """`check_tracking_store`, then, for a tracking server, within seconds: `TrackingUnavailableError` unless it
+    answers, `TrackingStoreError` unless it answers as MLflow. One line naming ``uri`` either way.
+
+    Also bounds MLflow's HTTP calls in this process (`bound_http_requests`). For code that creates runs, or reads
+    a store it needs (the tables).
+    """
+    check_tracking_store(uri, uri_source, create)
+    if not uri.startswith(("http://", "https://")):
+        return
+    bound_http_requests()
+    answer, reason = _probe(uri, PROBE_TIMEOUT_S)
+    if reason:
         raise TrackingUnavailableError(uri, reason, uri_source)
+    if answer:
+        raise TrackingStoreError(f"{_redacted(uri)} (from {uri_source}) answered but is not an MLflow tracking "
+                                 f"server ({answer}); fix {uri_source}, or unset it to use the local SQLite store")
 
 
 def bound_http_requests() -> None:
@@ -117,13 +243,18 @@ def bound_http_requests() -> None:
         os.environ.setdefault(name, value)
 
 
-def resolve_tracking_uri(configured: str | None = None, store_dir: Path = DEFAULT_STORE_DIR) -> str:
-    """The config's URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:////<abs>/results/mlflow.db``."""
+def resolve_tracking_uri(configured: str | None = None, store_dir: Path = DEFAULT_STORE_DIR,
+                         create: bool = True) -> str:
+    """The config's URI, else ``MLFLOW_TRACKING_URI``, else ``sqlite:////<abs>/results/mlflow.db``.
+
+    ``create=False`` for a reader: the default store's folder is not made where no store is.
+    """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     store_dir = store_dir.resolve()
-    store_dir.mkdir(parents=True, exist_ok=True)
+    if create:
+        store_dir.mkdir(parents=True, exist_ok=True)
     # An absolute path after "sqlite:///" gives the four slashes SQLAlchemy needs.
     return f"sqlite:///{store_dir / 'mlflow.db'}"
 
@@ -242,13 +373,19 @@ class RunLogger:
         than a silent new run.
         """
         uri = resolve_tracking_uri(tracking_uri)
+        uri_source = tracking_uri_source(tracking_uri)
+        # Before the client: constructing one opens a SQLite store (about 2 minutes of retries on a file it
+        # cannot create), and a malformed URI fails there in an unrelated message.
+        if resume_run_id:
+            check_tracking_store(uri, uri_source)  # the server may be away: the run trains on regardless
+        else:
+            require_tracking_store(uri, uri_source)
         if uri.startswith(("http://", "https://")):
             bound_http_requests()
         client = MlflowClient(tracking_uri=uri)
         _end_torn_line(journal)
         if resume_run_id:
             return cls._continue(client, resume_run_id, journal, tags or {})
-        uri_source = "tracking.tracking_uri" if tracking_uri else "MLFLOW_TRACKING_URI"
         return cls(client, _create_run(client, experiment, run_name, tags or {}, uri_source), journal)
 
     @classmethod
@@ -417,8 +554,7 @@ class RunLogger:
 
 def _create_run(client: MlflowClient, experiment: str, run_name: str | None, tags: dict[str, str],
                 uri_source: str) -> str:
-    uri = client.tracking_uri
-    require_tracking_store(uri, uri_source)
+    uri = client.tracking_uri  # `RunLogger.open` required the store just before
     try:
         run = client.create_run(ensure_experiment(client, experiment), run_name=run_name, tags=tags)
     except mlflow.exceptions.MlflowException as exc:

@@ -3,6 +3,7 @@ published numbers, the protocol-by-run summary, the figures and the `mec tables`
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -304,6 +305,37 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
                               "nope", "--out", str(tmp_path / "x"), "--no-log"], capture_output=True, text=True,
                              timeout=300, check=False)
     assert missing.returncode == 2 and "'nope' not found" in missing.stderr
+
+
+def _mec_tables(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "workflow.cli", "tables", *args], capture_output=True, text=True,
+                          timeout=300, check=False, cwd=cwd, env=env)
+
+
+def test_mec_tables_where_there_is_no_store_says_so_and_creates_none(tmp_path):
+    proc = _mec_tables(cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    store = tmp_path / "results" / "mlflow.db"
+    assert proc.stderr.splitlines()[-1] == (
+        f"mec: error: MLflow store sqlite:///{store}: {store} does not exist (nothing was logged there); "
+        "fix --tracking-uri / MLFLOW_TRACKING_URI (both unset: results/mlflow.db here)")
+    # Before the fix an empty ~1 MB results/mlflow.db was left behind, and the default output folders with it.
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", ["--out", "--figures"])
+def test_mec_tables_names_the_output_option_it_cannot_write(store, tmp_path, option):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    target = blocker / "tabs"
+    others = {"--out": str(tmp_path / "out"), "--figures": str(tmp_path / "figures")} | {option: str(target)}
+    proc = _mec_tables("--tracking-uri", store[0], "--no-log", *(x for kv in others.items() for x in kv),
+                       cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"mec: error: {option} {target}: cannot create the folder ({blocker} is not a folder)"), proc.stderr
 
 
 def test_mec_help_is_plain_text_and_explains_each_command():

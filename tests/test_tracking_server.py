@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,9 +28,11 @@ from mec.tracking import (
     HTTP_REQUEST_BOUNDS,
     PROBE_TIMEOUT_S,
     RunLogger,
+    TrackingStoreError,
     TrackingUnavailableError,
     read_journal,
     replay_journal,
+    require_tracking_store,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +145,56 @@ def test_mec_pretrain_against_a_server_that_refuses_prints_one_line_and_exits_2(
     assert elapsed < 120, f"took {elapsed:.0f} s (MLflow's own retries took about 258 s)"
 
 
+def _mec(*args: str, uri: str, cwd: Path = REPO) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "workflow.cli", *args], cwd=cwd,
+                          env=os.environ | {"MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300)
+    return done, time.monotonic() - started
+
+
+def test_mec_tables_against_a_server_that_is_away_prints_one_line_within_seconds(tmp_path, away_uri):
+    done, elapsed = _mec("tables", "--out", str(tmp_path / "t"), "--figures", str(tmp_path / "f"), uri=away_uri)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mec: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"mec: error: MLflow tracking server {away_uri} is not reachable ("), done.stderr
+    # Before the fix MLflow's own retries took over 4 minutes, then printed a traceback.
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()
+
+
+@pytest.fixture
+def foreign_uri():
+    """A web server that is not MLflow (`python -m http.server`): it answers 404 to GETs and 501 to POSTs."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+NOT_MLFLOW = ("{uri} (from MLFLOW_TRACKING_URI) answered but is not an MLflow tracking server (HTTP 404 File not "
+              "found); fix MLFLOW_TRACKING_URI, or unset it to use the local SQLite store")
+
+
+def test_a_new_run_against_a_server_that_is_not_mlflow_stops_in_one_line(tmp_path, foreign_uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", foreign_uri)
+    with pytest.raises(TrackingStoreError) as raised:  # MLflow: a traceback ending in the server's HTML page
+        RunLogger.open(experiment="e", run_name="r", journal=tmp_path / "metrics.jsonl")
+    assert str(raised.value) == NOT_MLFLOW.format(uri=foreign_uri)
+
+
+def test_mec_tables_against_a_server_that_is_not_mlflow_prints_one_line(tmp_path, foreign_uri):
+    done, _ = _mec("tables", "--out", str(tmp_path / "t"), "--figures", str(tmp_path / "f"), uri=foreign_uri)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("mec: ")]
+    assert errors == ["mec: error: " + NOT_MLFLOW.format(uri=foreign_uri)], done.stderr
+
+
 def _start_mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     log = (root / "server.log").open("w")
@@ -189,6 +242,7 @@ def test_a_tracking_server_stopped_mid_job_does_not_slow_the_epochs(tmp_path):
     server, uri = _start_mlflow_server(tmp_path)
     job = None
     try:
+        require_tracking_store(uri)  # a real server, before it holds any experiment, answers the probe as MLflow
         job = subprocess.Popen(
             [sys.executable, "-m", "workflow.cli", "pretrain", "--config", str(config), f"train.output_dir={out}"],
             cwd=REPO, env=os.environ | {"MLFLOW_TRACKING_URI": uri}, stdout=subprocess.PIPE,

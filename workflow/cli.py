@@ -30,6 +30,12 @@ def _pretrain(args: argparse.Namespace) -> int:
         for key, value in cfg.flat().items():
             print(f"{key}={value}")
         return 0
+    from mec.tracking import check_tracking_store, resolve_tracking_uri, tracking_uri_source
+
+    # Before data and model are built: a store MLflow cannot open is said at once (the run logger checks again,
+    # for the server, when it opens the run).
+    configured = cfg.tracking.tracking_uri
+    check_tracking_store(resolve_tracking_uri(configured), tracking_uri_source(configured))
     result = pretrain(cfg, config_file=resolve_config_path(args.config))
     if result.run_id:
         print(f"run {result.run_id}: backbone {result.backbone_path}")
@@ -38,10 +44,27 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tables(args: argparse.Namespace) -> int:
-    from workflow.reports.regenerate import regenerate
+class OptionError(ValueError):
+    """A command-line option's value cannot be used; the message names the option."""
 
-    written = regenerate(args.experiment, args.tracking_uri, Path(args.out), Path(args.figures),
+
+def _output_folder(option: str, value: str) -> Path:
+    """``value`` made a folder, or `OptionError` naming ``option`` (an OSError alone names only a parent)."""
+    from mec.tracking import why_not_created
+
+    try:
+        Path(value).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"{option} {value}: cannot create the folder ({why_not_created(Path(value), exc)})") from None
+    return Path(value)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from workflow.reports.regenerate import regenerate, report_store
+
+    store = report_store(args.tracking_uri)  # before the folders: nothing is made where there is nothing to read
+    written = regenerate(args.experiment, store, _output_folder("--out", args.out),
+                         _output_folder("--figures", args.figures),
                          log_experiment=None if args.no_log else args.log_experiment)
     for label, path in written.items():
         print(f"{label}: {path}")
@@ -219,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    # ConnectionError: mec.tracking.TrackingUnavailableError, a tracking server that does not answer a new run.
-    except (ConfigError, FileNotFoundError, LookupError, ConnectionError) as exc:
+    # ConnectionError: mec.tracking.TrackingStoreError, a store that cannot be used as configured (a malformed
+    # URI, a missing driver, a SQLite file that cannot be made, a server that is away or is not MLflow).
+    except (ConfigError, FileNotFoundError, LookupError, ConnectionError, OptionError) as exc:
         print(f"mec: error: {exc}", file=sys.stderr)
         return 2
     except FloatingPointError as exc:

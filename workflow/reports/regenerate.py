@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from mec.tracking import ensure_experiment, resolve_tracking_uri
+from mec.tracking import ensure_experiment, require_tracking_store, resolve_tracking_uri, tracking_uri_source
 from workflow.reports.figures import probe_curves, training_curves, tsne_panels
 from workflow.reports.paper_tables import write_tables
 from workflow.reports.tables import experiment_runs, write_summary
@@ -35,7 +35,7 @@ def regenerate(experiments: list[str] | None, tracking_uri: str | None, tables: 
                log_experiment: str | None = REPORT_EXPERIMENT) -> dict[str, Path]:
     """Write the summary, the paper's tables and the figures of ``experiments`` (None: every experiment of the
     store but reports); record them as a run of ``log_experiment`` unless it is None. Returns label -> path."""
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = report_store(tracking_uri)
     client = MlflowClient(uri)
     names = experiments or [e.name for e in client.search_experiments()
                             if e.name not in ("Default", REPORT_EXPERIMENT)]
@@ -51,6 +51,15 @@ def regenerate(experiments: list[str] | None, tracking_uri: str | None, tables: 
     if log_experiment:
         written["mlflow"] = Path(log_report_run(client, log_experiment, tables, figures, names))
     return written
+
+
+def report_store(tracking_uri: str | None) -> str:
+    """The store to read (``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else results/mlflow.db), checked
+    first: a store that is not there is said in one line, never created empty; a server that is away or is not
+    MLflow stops it within seconds instead of MLflow's minutes of retries."""
+    uri = resolve_tracking_uri(tracking_uri, create=False)
+    require_tracking_store(uri, tracking_uri_source(tracking_uri, "--tracking-uri"), create=False)
+    return uri
 
 
 def log_report_run(client: MlflowClient, experiment: str, tables: Path, figures: Path, sources: list[str]) -> str:

@@ -37,16 +37,20 @@ INPUT_PATHS = ("per_image", "device")
 
 def write_jpeg_tree(root: Path, images: int, classes: int = 4, seed: int = 0) -> Path:
     """`images` JPEGs of 300-500 x 280-420 px (smooth random content plus noise, quality 90) as an ImageFolder
-    under root/train/<class>/; returns root."""
+    under root/train/<class>/; returns root. Named <source>_<variant>, two variants a source, so that a config
+    pairing renderings of one source (``data.positives=same_source``: the digits) reads them too."""
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise ValueError(f"images must be a positive int, got {images!r}")
     rng = np.random.default_rng(seed)
     for i in range(images):
+        source, variant = divmod(i, 2)
         width, height = int(rng.integers(300, 500)), int(rng.integers(280, 420))
         coarse = Image.fromarray(rng.integers(0, 255, (height // 8, width // 8, 3), dtype=np.uint8))
         smooth = coarse.resize((width, height), Image.BILINEAR).filter(ImageFilter.GaussianBlur(1))
         noisy = np.asarray(smooth).astype(np.int16) + rng.integers(-20, 20, (height, width, 3))
-        folder = root / "train" / f"class{i % classes}"
+        folder = root / "train" / f"class{source % classes}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"img_{i:06d}.JPEG", quality=90)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"{source:06d}_{variant}.JPEG", quality=90)
     return root
 
 
@@ -76,6 +80,8 @@ def _rate(batches: Iterator, run: Callable, batch_size: int, warmup: int, steps:
 
 def run_bench(cfg: Config, steps: int = 10, warmup: int = 3) -> dict[str, float]:
     """The figures of the module's docstring for `cfg` (its data, model, batch and workers), in images/s."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"the benchmark needs --steps >= 1 and --warmup >= 0, got {steps} and {warmup}")
     with tempfile.TemporaryDirectory() as out, job_process(cfg.train.device, cfg.train.seed) as proc:
         cfg = _with(cfg, train={"output_dir": out}, monitor={"enabled": False})
         job = setup_pretraining(cfg, proc, None)

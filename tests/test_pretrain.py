@@ -110,8 +110,10 @@ def _journaled_steps(journal: Path) -> list[int]:
     return [row["step"] for row in map(json.loads, lines[:-1]) if row["key"] == "train/loss"]  # last may be partial
 
 
-def _kill_at_step(config_file: Path, journal: Path, step: int, timeout: float = 300) -> subprocess.Popen:
-    """Start `mec pretrain` and SIGKILL it (no cleanup, no flush, no checkpoint) once its journal holds ``step``."""
+def _kill_at_step(config_file: Path, journal: Path, step: int, timeout: float = 300,
+                  signum: int = signal.SIGKILL) -> subprocess.Popen:
+    """Start `mec pretrain` and SIGKILL it (no cleanup, no flush, no checkpoint), or send it ``signum``, once its
+    journal holds ``step``."""
     proc = subprocess.Popen(_cli("pretrain", "--config", str(config_file)), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
@@ -120,8 +122,9 @@ def _kill_at_step(config_file: Path, journal: Path, step: int, timeout: float = 
             proc.kill()
             pytest.fail(f"pretraining ended (rc {proc.returncode}) before step {step}: {proc.stderr.read()[-3000:]}")
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signum)
     proc.wait(timeout=60)
+    proc.stderr_text = proc.stderr.read()
     proc.stderr.close()
     return proc
 
@@ -157,6 +160,36 @@ def test_killed_run_resumes_into_same_mlflow_run_with_same_losses(tmp_path, imag
     for step, value in history:
         assert value == pytest.approx(ref_losses[step], rel=1e-5, abs=1e-7), step
     assert runs[0].info.status == "FINISHED"
+
+
+def test_sigterm_stops_a_standalone_run_in_one_line_killed_and_it_resumes(tmp_path, image_folder):
+    tree = tiny_config(tmp_path, image_folder, optim={"epochs": 3})
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(tree))
+    stopped = _kill_at_step(config_file, tmp_path / "run" / "metrics.jsonl", step=4, signum=signal.SIGTERM)
+    assert stopped.returncode == 130
+    assert stopped.stderr_text.strip().splitlines()[-1] == (
+        "mec: interrupted (SIGTERM); run the same command again to resume from its newest checkpoint")
+    client = MlflowClient(tree["tracking"]["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.info.status == "KILLED"
+    resumed = _run_cli(config_file)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-3000:]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_checkpoints_of_which_none_loads_stop_the_cli_in_one_line(tmp_path, image_folder):
+    tree = tiny_config(tmp_path, image_folder, optim={"epochs": 1})
+    pretrain(build_config(tree))
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("checkpoint_epoch*.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump(tree))
+    out = _run_cli(config_file)
+    assert out.returncode == 2
+    assert re.match(rf"mec: error: none of the 1 checkpoint\(s\) in {tmp_path / 'run' / 'checkpoints'} loads",
+                    out.stderr.strip().splitlines()[-1]), out.stderr[-2000:]
+    assert checkpoint.stat().st_size == 500  # left as it was
 
 
 def test_truncated_newest_checkpoint_falls_back_to_previous(tmp_path, image_folder, caplog):

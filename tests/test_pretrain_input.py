@@ -156,6 +156,18 @@ def test_mec_bench_prints_every_figure_side_by_side(tmp_path, capsys):
     assert len(rates) == 4 and all(rate > 0 for rate in rates), out
 
 
+def test_mec_bench_writes_data_the_config_can_read_and_names_bad_counts(tmp_path, capsys):
+    # The digits pair renderings of one source (data.positives=same_source): the written JPEGs must pair too.
+    overrides = ["model.width=4", "model.embedding_dim=32", "model.projector_hidden=32", "model.predictor_hidden=16",
+                 "optim.batch_size=8", "data.image_size=16", "data.num_workers=0", "train.device=cpu",
+                 "loss.eps=2.0", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    assert mec_main(["bench", "--config", "digits", "--steps", "1", "--warmup", "0", *overrides]) == 0
+    assert "busy (end to end / step)" in capsys.readouterr().out
+    assert mec_main(["bench", "--config", "digits", "--steps", "0", *overrides]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "mec: error: --steps must be >= 1, --warmup >= 0 and --images >= 1; got 0, 3, None")
+
+
 def test_train_compile_compiles_the_training_forward_and_keeps_the_eager_model(tmp_path):
     """Only the wiring: compiling a ResNet on this CPU takes minutes (107 s for the width-4 one against 3 s eager),
     so whether it pays is `mec bench ... train.compile=true`'s question, asked on a GPU."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -36,12 +37,19 @@ def _pretrain(args: argparse.Namespace) -> int:
     # for the server, when it opens the run).
     configured = cfg.tracking.tracking_uri
     check_tracking_store(resolve_tracking_uri(configured), tracking_uri_source(configured))
+    # Run from a shell or a batch script (the DAG's jobs run under submitit, which handles SIGTERM itself): a
+    # SIGTERM (`kill`, `timeout`, a scheduler's limit) stops the run as Ctrl-C does, ending it KILLED.
+    signal.signal(signal.SIGTERM, _interrupt)
     result = pretrain(cfg, config_file=resolve_config_path(args.config))
     if result.run_id:
         print(f"run {result.run_id}: backbone {result.backbone_path}")
         for key, value in sorted(result.metrics.items()):
             print(f"  {key} = {value:.4f}")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 class OptionError(ValueError):
@@ -117,8 +125,13 @@ def _bench(args: argparse.Namespace) -> int:
         # Without --data the JPEGs go to the scratch folder, written once the config gives the batch size.
         data = Path(scratch) if args.data is None else args.data
         cfg = load_config(args.config, [*args.overrides, "data.name=imagefolder", f"data.root={data}"])
+        if args.steps < 1 or args.warmup < 0 or (args.images is not None and args.images < 1):
+            raise OptionError(f"--steps must be >= 1, --warmup >= 0 and --images >= 1; got {args.steps}, "
+                              f"{args.warmup}, {args.images}")
         if args.data is None:
-            images = args.images or (args.warmup + args.steps) * cfg.optim.batch_size
+            # Pairs of renderings of one source (the digits' same_source) read two files an item.
+            per_item = 2 if cfg.data.positives == "same_source" else 1
+            images = args.images or (args.warmup + args.steps) * cfg.optim.batch_size * per_item
             write_jpeg_tree(data, images)
             print(f"mec bench: wrote {images} JPEGs of about 400 x 350 px to {data}")
         results = run_bench(cfg, steps=args.steps, warmup=args.warmup)
@@ -250,6 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as exc:
         print(f"mec: training diverged: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        resumes = "; run the same command again to resume from its newest checkpoint" if args.run is _pretrain else ""
+        print(f"mec: interrupted ({exc or 'Ctrl-C'}){resumes}", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        from mec.checkpoint import CheckpointLoadError  # torch is loaded by whatever raised it
+
+        if not isinstance(exc, CheckpointLoadError):
+            raise
+        print(f"mec: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -118,6 +118,11 @@ def _bad(tree: dict, where: list, value) -> dict:
         (["evaluate", "linear", "runs"], ["mec100", "mec1000"], r"evaluate\.linear\.runs: unknown pretrain groups "
                                                                  r"\['mec1000'\]; groups: \['mec100', 'mec200'"),
         (["evaluate", "linear", "protocol"], "linear_prob", r"evaluate\.linear\.protocol: 'linear_prob' is not one of"),
+        (["evaluate", "linear", "options", "epochz"], 3,
+         r"evaluate\.linear: linear_probe reads no option \['epochz'\]; its options: \['base_lr', 'batch_size'"),
+        (["evaluate", "linear", "grid"], {"base_lrr": [0.1, 0.2]}, r"evaluate\.linear: linear_probe reads no option "
+                                                                    r"\['base_lrr'\]"),
+        (["evaluate", "linear", "seeds"], [0, 1], r"evaluate\.linear: linear_probe reads no option \['seed'\]"),
         (["pretrain", "mec100", "grid"], {"loss.epz": [1, 2]}, r"pretrain\.mec100 \(run mec100_epz1_s0\): .*loss\.epz"),
         (["pretrain", "mec100", "resources", "tasks_per_node"], 4, r"pretrain\.mec100\.resources\.tasks_per_node=4: "
                                                                   r"jobs run one task per GPU; with gpus_per_node=8"),

@@ -22,6 +22,7 @@ from evals import (
     DETECTION_SCENE_RECIPES,
     FEATURE_SPLITS,
     GENERATED_PROBE_SETS,
+    PROTOCOL_OPTIONS,
     PROTOCOLS,
     TRACKING_TASKS,
     TRANSFER_DATASETS,
@@ -336,6 +337,16 @@ def _grid_runs(group: str, spec: Mapping[str, Any]) -> list[PretrainRun]:
     return runs
 
 
+def _check_option_names(name: str, protocol: str, spec: Mapping[str, Any]) -> None:
+    """Refuse, before anything runs, options (and grid keys, and ``seeds``' option ``seed``) that ``protocol``
+    does not read: a misspelt one would otherwise run the default after the pretraining it waits for."""
+    given = {*(spec.get("options") or {}), *(spec.get("grid") or {}), *(["seed"] if "seeds" in spec else [])}
+    unknown = sorted(given - set(PROTOCOL_OPTIONS[protocol]))
+    if unknown:
+        raise ConfigError(f"evaluate.{name}: {protocol} reads no option {unknown}; its options: "
+                          f"{sorted(PROTOCOL_OPTIONS[protocol])}")
+
+
 def _expanded_evaluations(name: str, spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """An evaluation over its option grid and seeds: (name, options), named <name>[_<option><value>...][_s<seed>].
 
@@ -558,6 +569,7 @@ def _build(tree: Mapping[str, Any], root: Path, check_files: bool = True) -> Exp
         protocol = str(spec.get("protocol", eval_name))
         if protocol not in PROTOCOLS:
             raise ConfigError(f"evaluate.{eval_name}.protocol: {protocol!r} is not one of {sorted(PROTOCOLS)}")
+        _check_option_names(eval_name, protocol, spec)
         for expanded_name, options in _expanded_evaluations(eval_name, spec):
             if expanded_name in evaluations:
                 raise ConfigError(f"evaluate.{eval_name}: evaluation name {expanded_name!r} is produced twice; "

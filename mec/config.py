@@ -296,7 +296,21 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file {str(name_or_path)!r} not found; give a path or one of: {available}")
+    what = "is a folder" if path.is_dir() else "not found"
+    raise ConfigError(f"config file {str(name_or_path)!r} {what}; give a YAML file's path or one of: {available}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice in one section")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -422,10 +436,16 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     """Read a YAML config (path or shipped name), apply ``key=value`` overrides and validate."""
     path = resolve_config_path(name_or_path)
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: builds no objects
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if tree is None:  # an empty file (or comments only): every default, the digits, silently
+        raise ConfigError(f"{path}: empty; expected a mapping of sections (data, model, loss, optim, ...)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(tree).__name__}")
-    tree = apply_overrides(tree, list(overrides or []))
-    return build_config(tree, origin=str(path))
+    overrides = list(overrides or [])
+    tree = apply_overrides(tree, overrides)
+    # A bad value may come from the command line rather than the file: name both.
+    return build_config(tree, origin=f"{path} with {' '.join(overrides)}" if overrides else str(path))

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, get_worker_info
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import check_integrity
 
 from mec.config import ConfigError
@@ -300,7 +301,14 @@ def _image_folder(name: str, root: Path, transform: Transform, split: str) -> Im
     try:
         return ReadableImageFolder(str(split_dir), transform=transform)
     except FileNotFoundError as err:
-        # torchvision raises this when there are no class folders or no images with a known extension.
+        # torchvision raises this when there are no class folders, or when one class folder holds no image.
+        empty = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not any(
+            f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS) for f in d.rglob("*")))
+        if empty and len(empty) < sum(d.is_dir() for d in split_dir.iterdir()):
+            raise FileNotFoundError(
+                f"{name} split folder {split_dir}: class folder(s) {empty[:5]}{' ...' if len(empty) > 5 else ''} "
+                f"hold no image (extensions {', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)"
+            ) from err
         raise FileNotFoundError(
             f"{name} split folder {split_dir} has no usable images ({err}); expected the layout {layout}"
         ) from err

@@ -48,7 +48,8 @@ def test_overrides_are_typed_and_nested():
         ("loss.eps.inner=3", "'eps' is a value, not a section"),
         # A union: one line at the key the user wrote, no pydantic branch names ('constrained-int'), what any
         # branch accepts, and no "(and 1 more problem(s))" for the other branch.
-        ("data.num_workers=-2", "digits.yaml: data.num_workers: expected an int >= 0 or 'auto', got -2"),
+        ("data.num_workers=-2", "digits.yaml with data.num_workers=-2: data.num_workers: expected an int >= 0 or "
+                                "'auto', got -2"),
         ("data.num_workers=true", "data.num_workers: expected an int >= 0 or 'auto', got True"),  # not 1 worker
         ("data.num_workers=many", "data.num_workers: expected an int >= 0 or 'auto', got 'many'"),
     ],
@@ -85,8 +86,20 @@ def test_any_union_is_one_line_at_the_users_key_without_branch_names(tree, expec
 
 
 def test_bad_files(tmp_path: Path):
-    with pytest.raises(ConfigError, match="not found; give a path or one of: .*digits"):
+    with pytest.raises(ConfigError, match="not found; give a YAML file's path or one of: .*digits"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=f"config file '{tmp_path}' is a folder"):
+        load_config(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"empty.yaml: empty; expected a mapping of sections"):
+        load_config(empty)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("optim:\n  epochs: 2\noptim:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: line 3: key 'optim' given twice in one section$"):
+        load_config(twice)
+    with pytest.raises(ConfigError, match=r"digits.yaml with optim.epochs=abc: bad value for 'optim.epochs'"):
+        load_config("digits", ["optim.epochs=abc"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):

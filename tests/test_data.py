@@ -211,6 +211,10 @@ def test_missing_or_empty_image_folders_are_named(tmp_path):
     (tmp_path / "val" / "cat" / "notes.txt").write_text("not an image")
     with pytest.raises(FileNotFoundError, match="no usable images"):
         build_eval_dataset("places365", tmp_path, None, "val")
+    (tmp_path / "val" / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "dog" / "1.png")
+    with pytest.raises(FileNotFoundError, match=r"val: class folder\(s\) \['cat'\] hold no image \(extensions .jpg"):
+        build_eval_dataset("imagefolder", tmp_path, None, "val")
 
 
 def test_unknown_data_set_or_split_is_rejected(tmp_path):

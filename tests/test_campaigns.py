@@ -118,6 +118,7 @@ def _bad(tree: dict, where: list, value) -> dict:
         (["evaluate", "linear", "runs"], ["mec100", "mec1000"], r"evaluate\.linear\.runs: unknown pretrain groups "
                                                                  r"\['mec1000'\]; groups: \['mec100', 'mec200'"),
         (["evaluate", "linear", "protocol"], "linear_prob", r"evaluate\.linear\.protocol: 'linear_prob' is not one of"),
+        (["evaluate", "linear", "runs"], [], r"evaluate\.linear\.runs is empty; name run groups \(\['mec100'"),
         (["evaluate", "linear", "options", "epochz"], 3,
          r"evaluate\.linear: linear_probe reads no option \['epochz'\]; its options: \['base_lr', 'batch_size'"),
         (["evaluate", "linear", "grid"], {"base_lrr": [0.1, 0.2]}, r"evaluate\.linear: linear_probe reads no option "

@@ -563,6 +563,9 @@ def _build(tree: Mapping[str, Any], root: Path, check_files: bool = True) -> Exp
     evaluations: dict[str, Evaluation] = {}
     for eval_name, spec in (tree.get("evaluate") or {}).items():
         wanted = spec.get("runs", sorted(groups))
+        if not wanted:  # `runs` left out means every group; an empty list would silently plan nothing
+            raise ConfigError(f"evaluate.{eval_name}.runs is empty; name run groups ({sorted(groups)}), leave it "
+                              "out for all, or remove the evaluation")
         unknown = sorted(set(wanted) - set(groups))
         if unknown:
             raise ConfigError(f"evaluate.{eval_name}.runs: unknown pretrain groups {unknown}; groups: {sorted(groups)}")

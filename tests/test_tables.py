@@ -276,11 +276,16 @@ def test_pretraining_curves_give_each_run_its_own_axes(tmp_path):
 
 def test_mec_tables_command_writes_every_table(store, tmp_path):
     uri, _ = store
+    client = MlflowClient(uri)
+    failed = client.create_run(client.get_experiment_by_name("campaign").experiment_id,
+                               tags={"mec.stage": "evaluate", "mec.protocol": "knn", "mec.evaluation": "knn"})
+    client.set_terminated(failed.info.run_id, "FAILED")
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "workflow.cli", "tables", "--tracking-uri", uri, "--out",
                            str(out), "--figures", str(out / "figures")],
                           capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "left out of the tables: 1 run(s) (1 FAILED)" in proc.stderr
     names = {p.stem for p in (out / "paper").glob("table*.md")}
     assert names == {"table1_linear_by_epochs", "table2_semi_supervised", "table3_detection", "table4_tracking",
                      "table5_ablations", "table7_strategies", "table8_transfer", "table9_places365"}
@@ -289,7 +294,6 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
 
     with Image.open(out / "figures" / "pretraining_curves.png") as image:
         assert image.size[0] > 500
-    client = MlflowClient(uri)
     (logged,) = client.search_runs([client.get_experiment_by_name("mec-tables").experiment_id])
     assert logged.data.tags["mec.stage"] == "tables" and logged.data.tags["mec.source_experiments"] == "campaign"
     paths = {a.path for a in client.list_artifacts(logged.info.run_id, "tables/paper")}
@@ -305,6 +309,7 @@ def test_mec_tables_command_writes_every_table(store, tmp_path):
                               "nope", "--out", str(tmp_path / "x"), "--no-log"], capture_output=True, text=True,
                              timeout=300, check=False)
     assert missing.returncode == 2 and "'nope' not found" in missing.stderr
+    assert "it holds ['Default', 'campaign', 'mec-tables']" in missing.stderr
 
 
 def _mec_tables(*args: str, cwd: Path) -> subprocess.CompletedProcess:

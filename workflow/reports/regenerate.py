@@ -42,6 +42,10 @@ def regenerate(experiments: list[str] | None, tracking_uri: str | None, tables: 
     if not names:
         raise FileNotFoundError(f"no MLflow experiments at {uri}")
     runs = pd.concat([experiment_runs(name, uri) for name in names], ignore_index=True)
+    unfinished = runs[runs["status"] != "FINISHED"]
+    if not unfinished.empty:  # the tables read finished runs only: say what they leave out
+        counts = ", ".join(f"{n} {status}" for status, n in unfinished["status"].value_counts().sort_index().items())
+        log.warning("left out of the tables: %s run(s) (%s)", len(unfinished), counts)
     written = write_summary(runs, tables)
     written |= {f"paper:{k}": v for k, v in write_tables(runs, tables / "paper").items()}
     drawn = {"figure:pretraining": training_curves(runs, client, figures / "pretraining_curves.png"),

@@ -57,7 +57,8 @@ def experiment_runs(experiment: str, tracking_uri: str | None = None) -> pd.Data
     client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise LookupError(f"MLflow experiment {experiment!r} not found at {client.tracking_uri}")
+        known = sorted(e.name for e in client.search_experiments())
+        raise LookupError(f"MLflow experiment {experiment!r} not found at {client.tracking_uri}; it holds {known}")
     rows = []
     for run in _all_runs(client, found.experiment_id):
         row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,

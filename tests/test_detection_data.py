@@ -364,3 +364,128 @@ def test_coco_errors(d2, tmp_path: Path, coco_root: Path) -> None:
         register_coco("test_bad_coco", source, tmp_path / "no_images")
     _one_line(error, tmp_path / "no_images")
     assert "test_bad_coco" not in d2.DatasetCatalog.list()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Unreadable images, sizes that do not match the image, boxes outside it
+
+
+def _set_xml(anno_file: Path, **fields: str) -> None:
+    """Set <size>/<width>-like fields ("width", "height") or the first object's bndbox fields ("xmin", ...)."""
+    tree = ET.parse(anno_file)
+    root = tree.getroot()
+    for key, value in fields.items():
+        path = f"size/{key}" if key in ("width", "height") else f"object/bndbox/{key}"
+        root.find(path).text = value
+    tree.write(anno_file)
+
+
+def test_box_problem() -> None:
+    assert datasets.box_problem(0, 0, 64, 64, 64, 64) is None  # the whole image
+    assert datasets.box_problem(-1, -2, 66, 65.5, 64, 64) is None  # up to BORDER_TOLERANCE past it
+    assert datasets.box_problem(10, 10, 10, 20, 64, 64) is None  # zero width (COCO train2017 has two)
+    assert "negative width or height" in datasets.box_problem(10, 10, 5, 20, 64, 64)
+    for outside in [(70, 0, 90, 10), (-30, 0, -5, 10), (0, 64, 10, 80), (64, 0, 70, 10), (65, 10, 65, 20)]:
+        assert "lies wholly outside the 64x64 image" in datasets.box_problem(*outside, 64, 64)
+    assert "reaches 436 px past the 64x64 image (at most 2 accepted" in datasets.box_problem(4, 4, 500, 20, 64, 64)
+    assert "reaches 51 px past" in datasets.box_problem(-51, 4, 20, 20, 64, 64)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"xmax": "500"}, "box (xmin, ymin, xmax, ymax) = ({xmin}, {ymin}, 500, {ymax}) reaches 436 px past the "
+                          "64x64 image (at most 2 accepted"),
+        ({"xmin": "-50"}, "box (xmin, ymin, xmax, ymax) = (-50, {ymin}, {xmax}, {ymax}) reaches 51 px past the 64x64"),
+        ({"xmin": "100", "xmax": "120"}, "box (xmin, ymin, xmax, ymax) = (100, {ymin}, 120, {ymax}) lies wholly "
+                                         "outside the 64x64 image"),
+    ],
+    ids=["xmax_far_past", "xmin_negative", "wholly_outside"],
+)
+def test_voc_boxes_outside_the_image_are_refused(d2, voc_copy: Path, fields: dict, expected: str) -> None:
+    anno_file = voc_copy / "Annotations" / f"{N_TRAIN + 3:06d}.xml"
+    box = {k: ET.parse(anno_file).getroot().find(f"object/bndbox/{k}").text for k in ("xmin", "ymin", "xmax", "ymax")}
+    _set_xml(anno_file, **fields)
+    name = register_voc("test_bad_voc_box", voc_copy, "test", 2007, DIGIT_CLASSES)
+    with pytest.raises(DatasetError) as error:
+        d2.DatasetCatalog.get(name)
+    assert expected.format(**box) in _one_line(error, anno_file)
+
+
+def test_voc_boxes_on_the_border_pass(d2, voc_copy: Path) -> None:
+    anno_file = voc_copy / "Annotations" / f"{N_TRAIN + 3:06d}.xml"
+    _set_xml(anno_file, xmin="0", ymin="1", xmax="65", ymax="64")  # 1 px past on two sides: real VOC has such
+    name = register_voc("test_voc_border_box", voc_copy, "test", 2007, DIGIT_CLASSES)
+    record = next(d for d in d2.DatasetCatalog.get(name) if d["image_id"] == anno_file.stem)
+    assert record["annotations"][0]["bbox"] == [-1.0, 0.0, 65.0, 64.0]  # as detectron2 loads it; it clips in training
+
+
+def test_voc_size_that_does_not_match_the_image_stops_at_loading(d2, voc_copy: Path) -> None:
+    anno_file = voc_copy / "Annotations" / f"{N_TRAIN + 3:06d}.xml"
+    _set_xml(anno_file, width="640")
+    for role in ("train", "test"):
+        name = register_voc(f"test_voc_size_{role}", voc_copy, "test", 2007, DIGIT_CLASSES, role=role)
+        with pytest.raises(DatasetError) as error:
+            d2.DatasetCatalog.get(name)
+        image = voc_copy / "JPEGImages" / f"{N_TRAIN + 3:06d}.jpg"
+        assert f"<size> says 640x64 but {image} is 64x64 (width x height)" in _one_line(error, anno_file)
+
+
+def test_voc_unreadable_images_stop_a_test_split_and_pass_a_training_split(d2, voc_copy: Path) -> None:
+    image = voc_copy / "JPEGImages" / f"{N_TRAIN + 3:06d}.jpg"
+    image.write_bytes(b"")
+    with pytest.raises(DatasetError) as error:  # empty: at registration (a stat per image)
+        register_voc("test_voc_empty_image", voc_copy, "test", 2007, DIGIT_CLASSES)
+    assert "empty file (0 bytes), listed in ImageSets/Main/test.txt; expected an image (a test split's" in _one_line(
+        error, image)
+    assert "test_voc_empty_image" not in d2.DatasetCatalog.list()
+
+    image.write_bytes(b"not a jpeg at all")
+    name = register_voc("test_voc_garbage_image", voc_copy, "test", 2007, DIGIT_CLASSES)
+    with pytest.raises(DatasetError) as error:  # not an image: when its header is read, at loading
+        d2.DatasetCatalog.get(name)
+    assert "cannot be read as an image (cannot identify image file" in _one_line(error, image)
+
+    for content in (b"", b"not a jpeg at all"):  # a training split keeps the record: the trainer skips the image
+        image.write_bytes(content)
+        name = register_voc(f"test_voc_train_unreadable_{len(content)}", voc_copy, "test", 2007, DIGIT_CLASSES,
+                            role="train")
+        assert str(image) in [d["file_name"] for d in d2.DatasetCatalog.get(name)]
+
+
+def test_coco_boxes_and_unreadable_images(d2, tmp_path: Path, coco_root: Path) -> None:
+    source = coco_root / "annotations" / "instances_val2017.json"
+    image_root = coco_root / "val2017"
+    data = json.loads(source.read_text())
+    annotation = data["annotations"][2]
+    ann_id, image_id = annotation["id"], annotation["image_id"]
+    file_name = next(i["file_name"] for i in data["images"] if i["id"] == image_id)
+    x, y, w, h = annotation["bbox"]
+    cases = [
+        ([x, y, -w, h], "has a negative width or height"),
+        ([x, y, w, -3], "has a negative width or height"),
+        ([80, y, 10, h], "lies wholly outside the 64x64 image"),
+        ([x, y, 500, h], f"reaches {x + 500 - 64:g} px past the 64x64 image"),
+    ]
+    for index, (bbox, expected) in enumerate(cases):
+        annotation["bbox"] = bbox
+        bad = tmp_path / f"bad_box_{index}.json"
+        bad.write_text(json.dumps(data))
+        with pytest.raises(DatasetError) as error:
+            register_coco("test_bad_coco_box", bad, image_root)
+        message = _one_line(error, bad)
+        assert f"annotation {ann_id} (image {image_id} {file_name}) has bbox [x, y, width, height] = {bbox}" in message
+        assert expected in message
+    # Float boxes a fraction past the border and zero-height boxes are real COCO: they pass.
+    annotation["bbox"] = [x, y, 64.5 - x, 0.0]
+    edge = tmp_path / "edge_box.json"
+    edge.write_text(json.dumps(data))
+    check_coco_json(edge, image_root)
+    assert "test_bad_coco_box" not in d2.DatasetCatalog.list()
+
+    images = Path(shutil.copytree(image_root, tmp_path / "val2017"))
+    (images / file_name).write_bytes(b"")
+    with pytest.raises(DatasetError) as error:
+        register_coco("test_coco_empty_image", source, images)
+    assert f"empty file (0 bytes), listed in {source}; expected an image" in _one_line(error, images / file_name)
+    assert register_coco("test_coco_empty_train_image", source, images, role="train") == "test_coco_empty_train_image"

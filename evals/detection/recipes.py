@@ -141,6 +141,8 @@ def register_data(recipe_name: str, root: str | Path) -> tuple[list[str], list[s
     """Register the recipe's train and test data sets under ``root``; returns their registered names.
 
     A missing folder or file stops with one line naming it and what the root should hold (`datasets.DatasetError`).
+    The train sets are registered with role "train" (an unreadable image is skipped while training), the test
+    sets with role "test" (it stops the run).
     """
     from evals.detection.datasets import DatasetError, register_coco, register_voc
 
@@ -151,15 +153,16 @@ def register_data(recipe_name: str, root: str | Path) -> tuple[list[str], list[s
                           f"{recipe.root}")
     classes = _class_names(recipe)
     names = []
-    for group in (recipe.train, recipe.test):
+    for role, group in (("train", recipe.train), ("test", recipe.test)):
         registered = []
         for data in group:
             try:
                 if data.format == "voc":
                     registered.append(register_voc(data.key, str(root / data.folder), data.split, data.year,
-                                                   classes))
+                                                   classes, role=role))
                 else:
-                    registered.append(register_coco(data.key, str(root / data.split), str(root / data.folder)))
+                    registered.append(register_coco(data.key, str(root / data.split), str(root / data.folder),
+                                                    role=role))
             except DatasetError as error:
                 raise RecipeError(f"detection recipe {recipe_name}: {error} (the root should hold {recipe.root})") \
                     from error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import socket
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 from mlflow.tracking import MlflowClient
@@ -30,10 +32,17 @@ from evals.detection.convert import (
     convert_state_dict,
     read_converted,
 )
+from evals.detection.datasets import DatasetError
 from evals.detection.modeling import DetectionModelError, missing_pretrained_keys
 from evals.detection.recipes import RECIPES, RecipeError, build_cfg, pixel_statistics
 from evals.detection.scenes import write_coco_scenes, write_voc_scenes
-from evals.detection.train import AtomicDetectionCheckpointer, DetectionTrainer, check_pretrained_load
+from evals.detection.train import (
+    AtomicDetectionCheckpointer,
+    DetectionTrainer,
+    RequireReadableImages,
+    SkipUnreadableImages,
+    check_pretrained_load,
+)
 from evals.job import EvalJob
 from mec.augment import DIGITS_MEAN, IMAGENET_MEAN, IMAGENET_STD
 from mec.checkpoint import export_backbone
@@ -411,3 +420,58 @@ def test_a_kill_mid_save_leaves_the_previous_checkpoint_and_its_tag(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
     assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000001.pth")
     assert AtomicDetectionCheckpointer(model, str(tmp_path)).resume_or_load("")["iteration"] == 1
+
+
+# -------------------------------------------------------------------------------------------- unreadable images
+
+
+@pytest.mark.slow
+def test_unreadable_training_images_are_skipped_with_one_warning_each_and_counted(tmp_path, caplog):
+    """The probe: a VOC tree with JPEGImages/000001.jpg emptied (and 000002.jpg cut short) trains and evaluates."""
+    voc = write_voc_scenes(tmp_path / "voc", n_trainval=4, n_test=2)  # every batch of 4 draws both
+    empty, truncated = voc / "JPEGImages" / "000001.jpg", voc / "JPEGImages" / "000002.jpg"
+    empty.write_bytes(b"")
+    truncated.write_bytes(truncated.read_bytes()[:-300])  # the header reads, the pixels do not
+    job = _job(tmp_path, _export(tmp_path / "backbone.pt", DIGITS), recipe="digits_voc", root=str(voc), max_iter=2,
+               overrides=SMALL)
+    with caplog.at_level("WARNING", logger="evals.detection.train"):
+        metrics = detection_evaluate(job)
+    assert set(metrics) == {"detection/AP", "detection/AP50", "detection/AP75"}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "evals.detection.train"]
+    for image in (empty, truncated):  # once per file, though drawn in several batches and by precise BN
+        assert len([w for w in warnings if w.startswith(f"detection: skipping training image {image}:")]) == 1
+    assert "detection: 2 training image(s) could not be read and were skipped" in warnings[-1]
+    logged = MlflowClient(job.tracking_uri).get_run(job.run_id).data.metrics
+    assert logged["detection/skipped_images"] == 2.0
+
+
+def test_unreadable_test_images_and_wrong_sizes_stop_before_training(tmp_path, voc):
+    backbone = _export(tmp_path / "backbone.pt", DIGITS)
+    copy = tmp_path / "voc"
+    shutil.copytree(voc, copy)
+    test_image = copy / "JPEGImages" / "000013.jpg"  # 12 trainval ids, then the test ids
+    test_image.write_bytes(b"")
+    with pytest.raises(RecipeError, match=r"000013\.jpg: empty file \(0 bytes\), listed in ImageSets/Main/test\.txt"):
+        detection_evaluate(_job(tmp_path, backbone, recipe="digits_voc", root=str(copy), max_iter=2, overrides=SMALL))
+    test_image.write_bytes((voc / "JPEGImages" / "000013.jpg").read_bytes())
+
+    anno = copy / "Annotations" / "000014.xml"
+    anno.write_text(anno.read_text().replace("<width>64</width>", "<width>640</width>"))
+    job = _job(tmp_path, backbone, recipe="digits_voc", root=str(copy), max_iter=2, overrides=SMALL)
+    with pytest.raises(DatasetError, match=r"000014\.xml: <size> says 640x64 but .*000014\.jpg is 64x64") as info:
+        detection_evaluate(job)
+    assert "\n" not in str(info.value)
+    assert not (Path(job.output_dir) / "detectron2" / "metrics.json").exists()  # stopped before training
+
+
+def test_a_test_image_that_does_not_decode_stops_the_evaluation_naming_it(tmp_path, voc):
+    from detectron2.data import DatasetMapper
+
+    cfg = build_cfg("digits_voc", DIGITS, "w.pkl", tmp_path, root=voc)
+    record = dict(DatasetCatalog.get(cfg.DATASETS.TEST[0])[0])
+    image = tmp_path / "cut.jpg"
+    image.write_bytes(Path(record["file_name"]).read_bytes()[:-300])
+    record["file_name"] = str(image)
+    with pytest.raises(DatasetError, match=r"cut\.jpg: cannot be read as an image \(image file is truncated"):
+        RequireReadableImages(DatasetMapper(cfg, False))(record)
+    assert SkipUnreadableImages(DatasetMapper(cfg, True), str(tmp_path))(record) is None

@@ -21,7 +21,9 @@ Options of the ``detection`` protocol:
 The job converts the backbone once into ``<output_dir>/backbone_detectron2.pkl`` (reused while the backbone's
 SHA-256 is the same), trains into ``<output_dir>/detectron2/`` and resumes from its newest checkpoint when rerun, in
 the same MLflow run. Metrics (fractions): ``detection/AP50``, ``detection/AP``, ``detection/AP75`` and, with masks,
-``detection/mask_AP``, ``mask_AP50``, ``mask_AP75``; training: ``detection/train/<loss>``, ``detection/lr``.
+``detection/mask_AP``, ``mask_AP50``, ``mask_AP75``; training: ``detection/train/<loss>``, ``detection/lr``, and
+``detection/skipped_images`` when training images could not be read (each skipped with one warning naming it; an
+unreadable test image stops the run: `evals.detection.train`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ checkpoints, a strict check of the pretrained weights and the MLflow run as the 
   did not fill (a name or shape mismatch) stops the run naming the weights.
 - Rank 0 logs ``detection/train/<loss>`` (median over the logging window) and ``detection/lr`` every
   ``log_period`` iterations, then ``detection/AP50``, ``AP``, ``AP75`` (and ``mask_AP*`` with masks) as fractions.
+- Unreadable images (`evals.detection.datasets`, "Images"): the training mapper skips one with a warning naming
+  it (once per file and process; `MapDataset` draws another image instead) and lists it in
+  ``<OUTPUT_DIR>/skipped_images.txt``; rank 0 logs how many distinct images were skipped over the whole training
+  as ``detection/skipped_images`` (only when some were). The test mapper stops the run naming the image. The VOC
+  test sets are loaded (their XMLs, boxes and image headers checked) before training, not only at evaluation.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
 
+from evals.detection.datasets import TEST_IMAGE, DatasetError
 from evals.detection.modeling import DetectionModelError, missing_pretrained_keys
 from mec import checkpoint as ckpt
 
@@ -42,6 +48,64 @@ KEEP_CHECKPOINTS = 2
 # detectron2 result task -> metric name prefix; detectron2 reports percent, MLflow gets fractions
 _TASKS = {"bbox": "", "segm": "mask_"}
 _REPORTED = ("AP", "AP50", "AP75")
+SKIPPED_FILE = "skipped_images.txt"
+# (record folder, image) pairs this process has warned about: one warning per file, however often it is drawn.
+_WARNED: set[tuple[str, str]] = set()
+
+
+class SkipUnreadableImages:
+    """A training mapper that returns None for an image that cannot be read (empty, not an image, truncated),
+    warning once per file and listing it in ``<record_dir>/skipped_images.txt``; `MapDataset` then maps another
+    image. Other errors (a `SizeMismatchError`, a bug) propagate."""
+
+    def __init__(self, mapper: Any, record_dir: str) -> None:
+        self.mapper = mapper
+        self.record_dir = str(record_dir)
+
+    def __call__(self, record: dict[str, Any]) -> Any:
+        try:
+            return self.mapper(record)
+        except OSError as error:  # PIL's UnidentifiedImageError and "image file is truncated" are OSErrors
+            file_name = str(record.get("file_name", "?"))
+            if (self.record_dir, file_name) not in _WARNED:
+                _WARNED.add((self.record_dir, file_name))
+                log.warning("detection: skipping training image %s: it cannot be read (%s)", file_name, error)
+                os.makedirs(self.record_dir, exist_ok=True)
+                with open(os.path.join(self.record_dir, SKIPPED_FILE), "a", encoding="utf-8") as handle:
+                    handle.write(file_name + "\n")
+            return None
+
+
+class RequireReadableImages:
+    """A test mapper that stops the run in one line naming an image that cannot be read."""
+
+    def __init__(self, mapper: Any) -> None:
+        self.mapper = mapper
+
+    def __call__(self, record: dict[str, Any]) -> Any:
+        try:
+            return self.mapper(record)
+        except OSError as error:
+            raise DatasetError(f"{record.get('file_name', '?')}: cannot be read as an image ({error}); {TEST_IMAGE}") \
+                from None
+
+
+def skipped_images(output_dir: str | Path) -> list[str]:
+    """The distinct training images the mappers of this run skipped (all processes, all attempts of the run)."""
+    path = Path(output_dir) / SKIPPED_FILE
+    if not path.is_file():
+        return []
+    return sorted({line for line in path.read_text(encoding="utf-8").splitlines() if line})
+
+
+def load_test_data(cfg: CfgNode) -> None:
+    """Load the VOC test sets now: loading checks their XMLs, boxes and image headers, and detectron2 loads a test
+    set only when it evaluates, after training. (COCO sets are checked when registered.)"""
+    from detectron2.data import DatasetCatalog
+
+    for name in cfg.DATASETS.TEST:
+        if MetadataCatalog.get(name).get("evaluator_type", None) == "pascal_voc":
+            DatasetCatalog.get(name)
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
@@ -128,6 +192,18 @@ class DetectionTrainer(DefaultTrainer):
         return build_model(cfg)
 
     @classmethod
+    def build_train_loader(cls, cfg: CfgNode) -> Any:
+        from detectron2.data import DatasetMapper, build_detection_train_loader
+
+        return build_detection_train_loader(cfg, mapper=SkipUnreadableImages(DatasetMapper(cfg, True), cfg.OUTPUT_DIR))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Any:
+        from detectron2.data import DatasetMapper, build_detection_test_loader
+
+        return build_detection_test_loader(cfg, dataset_name, mapper=RequireReadableImages(DatasetMapper(cfg, False)))
+
+    @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str) -> Any:
         kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         if kind == "pascal_voc":
@@ -196,6 +272,7 @@ def train_and_evaluate(cfg: CfgNode, run_logger: Any = None, log_period: int = 2
                        extra_hooks: list[HookBase] | None = None) -> dict[str, float]:
     """Train (or resume) ``cfg``'s run, evaluate after the last iteration; rank 0 returns the metrics."""
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    load_test_data(cfg)  # a bad test annotation or image stops the run before it trains
     trainer = DetectionTrainer(cfg, run_logger, log_period)
     if extra_hooks:
         trainer.register_hooks(extra_hooks)
@@ -209,8 +286,14 @@ def train_and_evaluate(cfg: CfgNode, run_logger: Any = None, log_period: int = 2
                         {"detection.start_iter": str(trainer.start_iter)})
     trainer.train()
     metrics = detection_metrics(trainer._last_eval_results)
+    skipped = skipped_images(cfg.OUTPUT_DIR)
+    if skipped:
+        log.warning("detection: %d training image(s) could not be read and were skipped (listed in %s)",
+                    len(skipped), Path(cfg.OUTPUT_DIR) / SKIPPED_FILE)
     if run_logger is not None:
         if not metrics:
             raise RuntimeError(f"detection evaluation returned no AP: {trainer._last_eval_results!r}")
         run_logger.log_metrics(metrics, trainer.max_iter)
+        if skipped:
+            run_logger.log_metrics({f"{METRIC_PREFIX}/skipped_images": float(len(skipped))}, trainer.max_iter)
     return metrics

@@ -97,7 +97,7 @@ def test_a_backbone_group_is_one_run_named_after_it(tmp_path):
         ({"config": "digits", "backbone": "nowhere.pt"}, r"pretrain\.imp\.backbone: no file nowhere\.pt"),
         ({"config": "digits", "backbone": "{file}", "random_init": True}, "'random_init' and 'grid' do not apply"),
         ({"config": "digits", "backbone": "{file}", "grid": {"loss.eps": [1, 2]}}, "do not apply"),
-        ({"config": "digits", "backbone": 3}, r"pretrain\.imp\.backbone=3: 3 is not of type 'string'"),
+        ({"config": "digits", "backbone": 3}, r"pretrain\.imp\.backbone: 3 is not of type 'string'"),
     ],
 )
 def test_bad_backbone_groups_stop_in_one_line(tmp_path, group, message):

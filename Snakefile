@@ -58,8 +58,8 @@ rule all:
 
 onstart:
     # Before the first job (not in a dry run, which plans a SLURM campaign on any machine).
-    if missing_launcher_commands(EXPERIMENT.launcher):
-        sys.exit(missing_launcher_commands(EXPERIMENT.launcher))
+    if missing := missing_launcher_commands(EXPERIMENT.launcher):
+        sys.exit(missing)
 
 
 onsuccess:

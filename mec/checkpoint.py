@@ -277,14 +277,12 @@ def load_checkpoint(path: Path, required_keys: Iterable[str] = ()) -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    problem = _not_a_checkpoint(path)
-    if problem is not None:
-        raise CheckpointLoadError(f"{path}: {problem}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        # One line of our own: torch's messages run over lines and advise weights_only=False (arbitrary code).
-        raise CheckpointLoadError(f"{path}: {_load_failure(path, error)}") from None
+        # One line of our own, judged only when the load failed (a file that loads needs no second look): torch's
+        # messages run over lines and advise weights_only=False (arbitrary code).
+        raise CheckpointLoadError(f"{path}: {_not_a_checkpoint(path) or _load_failure(path, error)}") from None
     if not isinstance(state, dict):
         raise CheckpointLoadError(f"checkpoint {path} holds a {type(state).__qualname__}, expected a dict")
     missing = [key for key in required_keys if key not in state]

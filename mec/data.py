@@ -105,8 +105,8 @@ def _cifar(
     except (pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError,
             ImportError) as err:
         _check_cifar_files(dataset_class, name, folder, split)  # raises, naming the file and what is wrong
-        raise DataIntegrityError(f"{name}: {_unreadable_cifar_file(dataset_class, folder) or folder} is not "
-                                 f"a batch of the python version ({type(err).__name__}: {err})") from None
+        raise DataIntegrityError(f"{name}: {folder} is not a batch of the python version "
+                                 f"({type(err).__name__}: {err})") from None
     if not verify_checksums:
         # torchvision stacks whatever the pickles hold: a float array fails in PIL mid-epoch, missing or extra
         # labels shift every label after them, a label past the meta file's class names sizes heads wrongly.
@@ -182,19 +182,6 @@ def _check_cifar_files(dataset_class: type[CIFAR10], name: str, folder: Path, sp
                                        meta_path.name)
         if problem is not None:
             raise DataIntegrityError(f"{name}: {path}: {problem}")
-
-
-def _unreadable_cifar_file(dataset_class: type[CIFAR10], folder: Path) -> Path | None:
-    """The first file of the python version that does not unpickle into a dict (the error path only)."""
-    for file, _ in _cifar_files(dataset_class):
-        try:
-            with open(folder / file, "rb") as fh:
-                if isinstance(pickle.load(fh, encoding="latin1"), dict):
-                    continue
-        except Exception:  # any failure to read it is what we are looking for
-            pass
-        return folder / file
-    return None
 
 
 # Slots of `UnreadableFiles.counts`: the main process adds to slot 0 and loader worker k to slot 1 + k % 63, so no
@@ -302,9 +289,10 @@ def _image_folder(name: str, root: Path, transform: Transform, split: str) -> Im
         return ReadableImageFolder(str(split_dir), transform=transform)
     except FileNotFoundError as err:
         # torchvision raises this when there are no class folders, or when one class folder holds no image.
-        empty = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not any(
+        classes = [d for d in split_dir.iterdir() if d.is_dir()]
+        empty = sorted(d.name for d in classes if not any(
             f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS) for f in d.rglob("*")))
-        if empty and len(empty) < sum(d.is_dir() for d in split_dir.iterdir()):
+        if empty and len(empty) < len(classes):
             raise FileNotFoundError(
                 f"{name} split folder {split_dir}: class folder(s) {empty[:5]}{' ...' if len(empty) > 5 else ''} "
                 f"hold no image (extensions {', '.join(IMG_EXTENSIONS)}); add images or remove the folder(s)"
